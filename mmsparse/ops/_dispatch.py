@@ -1,0 +1,60 @@
+"""One rule that picks the implementation of every mmsparse op.
+
+Priority: the op's ``backend=`` argument, then the environment variable
+``MMSPARSE_ATTN_BACKEND``, then the device: CUDA tensors go to Triton, all
+other tensors to the pure-PyTorch reference.
+"""
+import os
+
+import torch
+
+BACKENDS = ('auto', 'torch', 'triton')
+ENV_VAR = 'MMSPARSE_ATTN_BACKEND'
+
+
+def resolve_backend(backend, *tensors):
+    """Return ``'torch'`` or ``'triton'`` for a call on ``tensors``.
+
+    Args:
+        backend (str | None): ``'auto'``, ``'torch'``, ``'triton'`` or None (defer
+            to ``MMSPARSE_ATTN_BACKEND``, default ``'auto'``).
+        *tensors (Tensor): the op's inputs; ``'auto'`` looks at their device.
+    """
+    source = 'backend'
+    if backend is None:
+        backend, source = os.environ.get(ENV_VAR, 'auto').strip().lower() or 'auto', ENV_VAR
+    if backend not in BACKENDS:
+        raise ValueError(f'{source}={backend!r} is not a valid attention backend; '
+                         f'expected one of {BACKENDS}')
+    if backend == 'auto':
+        on_cuda = all(t.is_cuda for t in tensors)
+        return 'triton' if on_cuda and triton_available() else 'torch'
+    if backend == 'triton' and not triton_available():
+        raise RuntimeError(f'{source}=\'triton\' was requested but triton is not installed')
+    return backend
+
+
+def triton_available():
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def interpreting():
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+
+def check_triton_device(name, *tensors):
+    """Triton kernels need CUDA tensors unless the interpreter is on."""
+    if interpreting():
+        return
+    for t in tensors:
+        if not t.is_cuda:
+            raise RuntimeError(f'{name}: the triton backend needs CUDA tensors (got device '
+                               f'{t.device}); use backend=\'torch\' or set TRITON_INTERPRET=1')
+
+
+__all__ = ['resolve_backend', 'triton_available', 'interpreting', 'check_triton_device', 'BACKENDS']
