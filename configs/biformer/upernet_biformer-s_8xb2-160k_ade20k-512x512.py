@@ -1,0 +1,31 @@
+# BiFormer-S + UperNet, ADE20K 160k, the official recipe (rayleizhu/BiFormer,
+# semantic_segmentation/configs/ade20k/upernet.biformer_small.py) on mmseg 1.x.
+_base_ = ['mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py']
+custom_imports = dict(imports=['mmsparse.models'], allow_failed_imports=False)
+
+model = dict(
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='mmsparse.BiFormer',
+        arch='small',
+        n_win=8,
+        topks=(1, 4, 16, -1),
+        auto_pad=True,
+        out_indices=(0, 1, 2, 3),
+        norm_cfg=dict(type='SyncBN', requires_grad=True),
+        drop_path_rate=0.3,
+        init_cfg=dict(type='Pretrained', checkpoint='pretrain/biformer_small_in1k.pth')),
+    decode_head=dict(in_channels=[64, 128, 256, 512]),
+    auxiliary_head=dict(in_channels=256))
+
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
+    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=1500, end=160000),
+]
+train_dataloader = dict(batch_size=2)

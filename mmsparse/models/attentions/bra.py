@@ -1,0 +1,65 @@
+from torch import nn
+
+from mmsparse.ops import bi_level_routing_attention
+from ..layers import pad_nhwc_to_multiple
+
+
+class BiLevelRoutingAttention(nn.Module):
+    """Bi-level routing attention with LePE (BiFormer, arXiv 2303.08810).
+
+    Reproduces the legacy op of the released checkpoints: the input is zero-padded
+    at the bottom/right to a multiple of ``n_win`` BEFORE the qkv projection, so
+    padded tokens carry ``q = k = v = bias`` and are attended as ordinary keys; the
+    depthwise LePE conv runs on ``v`` over the padded map; the output is cropped.
+
+    Args:
+        embed_dims (int): channels C of the input and output.
+        num_heads (int): heads of the token-to-token attention.
+        n_win (int): regions per side.
+        topk (int): routed regions per query region.
+        qk_dims (int, optional): channels of q and k; default ``embed_dims``.
+        lepe_kernel (int): kernel of the depthwise LePE conv on ``v``.
+        auto_pad (bool): pad inputs whose sides are not multiples of ``n_win``;
+            if False such inputs raise ValueError.
+        backend (str, optional): op backend, see :mod:`mmsparse.ops._dispatch`.
+
+    Shape:
+        (N, H, W, C) -> (N, H, W, C)
+    """
+
+    def __init__(self, embed_dims, num_heads, n_win, topk, qk_dims=None, lepe_kernel=5,
+                 auto_pad=True, backend=None):
+        super().__init__()
+        if not 1 <= topk <= n_win * n_win:
+            raise ValueError(f'topk={topk} must be in [1, n_win**2 = {n_win * n_win}] for n_win={n_win}')
+        self.embed_dims = embed_dims
+        self.qk_dims = qk_dims or embed_dims
+        self.num_heads = num_heads
+        self.n_win = n_win
+        self.topk = topk
+        self.auto_pad = auto_pad
+        self.backend = backend
+        # Full qk width, not the head width: the released checkpoints were trained so.
+        self.scale = self.qk_dims**-0.5
+        self.qkv = nn.Linear(embed_dims, 2 * self.qk_dims + embed_dims)
+        self.lepe = nn.Conv2d(embed_dims, embed_dims, lepe_kernel, padding=lepe_kernel // 2,
+                              groups=embed_dims)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+
+    def forward(self, x):
+        height, width = x.shape[1:3]
+        if self.auto_pad:
+            x = pad_nhwc_to_multiple(x, self.n_win)
+        elif height % self.n_win or width % self.n_win:
+            raise ValueError(f'input size {height}x{width} is not divisible by n_win={self.n_win}; '
+                             'set auto_pad=True')
+        q, k, v = self.qkv(x).split([self.qk_dims, self.qk_dims, self.embed_dims], dim=-1)
+        lepe = self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        out = bi_level_routing_attention(q, k, v, self.num_heads, self.n_win, self.topk,
+                                         scale=self.scale, backend=self.backend)
+        out = self.proj(out + lepe)
+        return out[:, :height, :width]
+
+    def extra_repr(self):
+        return (f'embed_dims={self.embed_dims}, qk_dims={self.qk_dims}, num_heads={self.num_heads}, '
+                f'n_win={self.n_win}, topk={self.topk}, auto_pad={self.auto_pad}')

@@ -1,0 +1,39 @@
+import torch.nn.functional as F
+from torch import nn
+
+
+class GlobalAttentionLePE(nn.Module):
+    """Global multi-head self-attention plus LePE on the attention input.
+
+    BiFormer's last stage (official ``AttentionLePE``): qkv without bias, scale
+    ``head_dim ** -0.5``, and the depthwise LePE conv applied to the input ``x``
+    (not to ``v``). Attention runs through ``F.scaled_dot_product_attention``, so
+    GPUs use fused flash / memory-efficient kernels.
+
+    Args:
+        embed_dims (int): channels C.
+        num_heads (int): heads; the released models use 8 whatever C is.
+        lepe_kernel (int): kernel of the depthwise LePE conv.
+
+    Shape:
+        (N, H, W, C) -> (N, H, W, C)
+    """
+
+    def __init__(self, embed_dims, num_heads=8, lepe_kernel=5):
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'num_heads={num_heads} must divide embed_dims={embed_dims}')
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=False)
+        self.lepe = nn.Conv2d(embed_dims, embed_dims, lepe_kernel, padding=lepe_kernel // 2,
+                              groups=embed_dims)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+
+    def forward(self, x):
+        n, height, width, c = x.shape
+        qkv = self.qkv(x).reshape(n, height * width, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(n, height, width, c)
+        out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.proj(out)

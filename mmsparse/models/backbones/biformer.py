@@ -1,0 +1,237 @@
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmsparse.registry import MODELS
+from ..attentions import BiLevelRoutingAttention, GlobalAttentionLePE
+from ..layers import DropPath, LayerNorm2d, Mlp, drop_path_rates
+from ..utils import biformer_official_to_mmsparse, is_official_biformer, load_pretrained_weights
+
+
+class BiFormerBlock(nn.Module):
+    """Pre-norm BiFormer block: CPE conv, attention, MLP, each residual.
+
+    ``topk > 0`` selects bi-level routing attention; ``topk == -1`` selects
+    global MHSA with LePE (the official code's ``topk=-2``, used by stage 4).
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W)
+    """
+
+    def __init__(self, embed_dims, num_heads, n_win, topk, mlp_ratio, drop_path, auto_pad,
+                 global_heads, with_cp):
+        super().__init__()
+        self.with_cp = with_cp
+        self.cpe = nn.Conv2d(embed_dims, embed_dims, 3, padding=1, groups=embed_dims)
+        self.norm1 = nn.LayerNorm(embed_dims, eps=1e-6)
+        if topk > 0:
+            self.attn = BiLevelRoutingAttention(embed_dims, num_heads, n_win, topk, auto_pad=auto_pad)
+        elif topk == -1:
+            self.attn = GlobalAttentionLePE(embed_dims, global_heads)
+        else:
+            raise ValueError(f'topk={topk} is not supported: use a positive top-k for routing '
+                             'attention or -1 for global attention')
+        self.norm2 = nn.LayerNorm(embed_dims, eps=1e-6)
+        self.mlp = Mlp(embed_dims, int(mlp_ratio * embed_dims))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def _forward(self, x):
+        x = x + self.cpe(x)
+        x = x.permute(0, 2, 3, 1)
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x.permute(0, 3, 1, 2)
+
+    def forward(self, x):
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
+@MODELS.register_module()
+class BiFormer(BaseModule):
+    """BiFormer backbone with bi-level routing attention.
+
+    Zhu et al., "BiFormer: Vision Transformer with Bi-Level Routing Attention",
+    CVPR 2023, https://arxiv.org/abs/2303.08810. Layout and numerics follow the
+    official dense-prediction wrapper: a conv stem and stride-2 conv downsampling,
+    BRA in stages 1-3, global MHSA in stage 4, and a LayerNorm2d per output map
+    (the un-normalised map feeds the next stage). Any input size works: stride-2
+    convs round up and every BRA layer pads to a multiple of ``n_win``.
+
+    Args:
+        arch (str | dict): ``'tiny'``, ``'small'``, ``'base'`` or a dict with keys
+            ``depths`` (4 ints), ``embed_dims`` (4 ints) and ``head_dim`` (int).
+        in_channels (int): image channels.
+        n_win (int): regions per side in every BRA layer (7 ImageNet, 8 ADE20K,
+            16 COCO in the official recipes).
+        topks (Sequence[int]): routed regions per stage; -1 = global attention.
+        mlp_ratios (Sequence[float]): MLP expansion per stage.
+        global_heads (int): heads of the global stage (8 in the released models).
+        auto_pad (bool): pad BRA inputs to multiples of ``n_win``.
+        out_indices (Sequence[int]): stages whose maps are returned.
+        frozen_stages (int): stages ``0..frozen_stages`` (downsampling + blocks)
+            are frozen; -1 freezes nothing.
+        norm_eval (bool): keep BatchNorm layers in eval mode while training.
+        norm_cfg (dict): norm of the stem and downsampling convs.
+        with_cp (bool): activation checkpointing per block.
+        drop_path_rate (float): stochastic depth, linear over blocks.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH)``
+            loads an official ImageNet checkpoint or an mmsparse one; add
+            ``strict=False`` to tolerate mismatched keys (they are still logged).
+
+    Shape:
+        (N, in_channels, H, W) -> tuple of (N, embed_dims[i], ceil(H / 2**(i+2)),
+        ceil(W / 2**(i+2))) for i in ``out_indices``.
+    """
+
+    arch_zoo = {
+        'tiny': dict(depths=(2, 2, 8, 2), embed_dims=(64, 128, 256, 512), head_dim=32),
+        'small': dict(depths=(4, 4, 18, 4), embed_dims=(64, 128, 256, 512), head_dim=32),
+        'base': dict(depths=(4, 4, 18, 4), embed_dims=(96, 192, 384, 768), head_dim=32),
+    }
+    num_stages = 4
+
+    def __init__(self,
+                 arch='small',
+                 in_channels=3,
+                 n_win=7,
+                 topks=(1, 4, 16, -1),
+                 mlp_ratios=(3, 3, 3, 3),
+                 global_heads=8,
+                 auto_pad=True,
+                 out_indices=(0, 1, 2, 3),
+                 frozen_stages=-1,
+                 norm_eval=False,
+                 norm_cfg=dict(type='BN'),
+                 with_cp=False,
+                 drop_path_rate=0.,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        arch = self._parse_arch(arch)
+        self.depths = tuple(arch['depths'])
+        self.embed_dims = tuple(arch['embed_dims'])
+        for name, value in (('topks', topks), ('mlp_ratios', mlp_ratios)):
+            if len(value) != self.num_stages:
+                raise ValueError(f'{name}={value} must have {self.num_stages} entries')
+        self.out_indices = self._parse_out_indices(out_indices)
+        if not -1 <= frozen_stages < self.num_stages:
+            raise ValueError(f'frozen_stages={frozen_stages} must be in [-1, {self.num_stages - 1}]')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+
+        dims = self.embed_dims
+        self.downsample_layers = nn.ModuleList([
+            nn.Sequential(
+                nn.Conv2d(in_channels, dims[0] // 2, 3, stride=2, padding=1),
+                build_norm_layer(norm_cfg, dims[0] // 2)[1],
+                nn.GELU(),
+                nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1),
+                build_norm_layer(norm_cfg, dims[0])[1])
+        ])
+        for i in range(1, self.num_stages):
+            self.downsample_layers.append(
+                nn.Sequential(
+                    nn.Conv2d(dims[i - 1], dims[i], 3, stride=2, padding=1),
+                    build_norm_layer(norm_cfg, dims[i])[1]))
+
+        rates = drop_path_rates(drop_path_rate, self.depths)
+        self.stages = nn.ModuleList()
+        for i in range(self.num_stages):
+            self.stages.append(
+                nn.Sequential(*[
+                    BiFormerBlock(dims[i], dims[i] // arch['head_dim'], n_win, topks[i],
+                                  mlp_ratios[i], rates[i][b], auto_pad, global_heads, with_cp)
+                    for b in range(self.depths[i])
+                ]))
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', LayerNorm2d(dims[i]))
+
+        self.apply(self._init_layer)
+        self._freeze_stages()
+
+    def _parse_arch(self, arch):
+        if isinstance(arch, str):
+            if arch not in self.arch_zoo:
+                raise ValueError(f'arch={arch!r} is not a BiFormer preset; choose one of '
+                                 f'{sorted(self.arch_zoo)} or pass a dict')
+            return self.arch_zoo[arch]
+        if not isinstance(arch, dict):
+            raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
+        required = {'depths', 'embed_dims', 'head_dim'}
+        if set(arch) != required:
+            raise ValueError(f'arch={arch} must have exactly the keys {sorted(required)}')
+        for key in ('depths', 'embed_dims'):
+            if len(arch[key]) != self.num_stages:
+                raise ValueError(f"arch['{key}']={arch[key]} must have {self.num_stages} entries")
+        for dim in arch['embed_dims']:
+            if dim % arch['head_dim']:
+                raise ValueError(f"arch['head_dim']={arch['head_dim']} must divide every "
+                                 f"embed dim, got {arch['embed_dims']}")
+        return arch
+
+    def _parse_out_indices(self, out_indices):
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        out_indices = tuple(i % self.num_stages if -self.num_stages <= i < 0 else i
+                            for i in out_indices)
+        for i in out_indices:
+            if not 0 <= i < self.num_stages:
+                raise ValueError(f'out_indices={out_indices} must be in [0, {self.num_stages - 1}]')
+        return out_indices
+
+    @staticmethod
+    def _init_layer(m):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def init_weights(self):
+        if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
+            super().init_weights()
+            return
+        load_pretrained_weights(
+            self,
+            self.init_cfg['checkpoint'],
+            convert=biformer_official_to_mmsparse,
+            is_official=is_official_biformer,
+            prefix=self.init_cfg.get('prefix'),
+            strict=self.init_cfg.get('strict', True),
+            # ImageNet checkpoints have no output norms (they keep their init, as in
+            # the official loader) and carry all four when fewer are used here.
+            tolerated_keys=(r'^norm\d\.', ))
+        self._is_init = True
+
+    def _freeze_stages(self):
+        for i in range(self.frozen_stages + 1):
+            modules = [self.downsample_layers[i], self.stages[i]]
+            if i in self.out_indices:
+                modules.append(getattr(self, f'norm{i}'))
+            for module in modules:
+                module.eval()
+                for param in module.parameters():
+                    param.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x):
+        outs = []
+        for i in range(self.num_stages):
+            x = self.stages[i](self.downsample_layers[i](x))
+            if i in self.out_indices:
+                outs.append(getattr(self, f'norm{i}')(x).contiguous())
+        return tuple(outs)

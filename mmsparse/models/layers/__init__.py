@@ -1,0 +1,7 @@
+"""Blocks shared by every mmsparse backbone."""
+from .drop_path import DropPath, drop_path, drop_path_rates
+from .mlp import Mlp
+from .norm import LayerNorm2d
+from .padding import pad_nhwc_to_multiple
+
+__all__ = ['DropPath', 'drop_path', 'drop_path_rates', 'Mlp', 'LayerNorm2d', 'pad_nhwc_to_multiple']

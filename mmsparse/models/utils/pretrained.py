@@ -1,0 +1,75 @@
+"""Loading official or mmsparse checkpoints into a backbone, loudly."""
+import os.path as osp
+import re
+
+from mmengine.logging import print_log
+
+from mmsparse.utils import load_state_dict_from_checkpoint
+
+
+def load_pretrained_weights(model, checkpoint, convert=None, is_official=None, prefix=None,
+                            strict=True, tolerated_keys=()):
+    """Load ``checkpoint`` into ``model``, converting official keys, and report every mismatch.
+
+    Args:
+        model (nn.Module): the backbone.
+        checkpoint (str): path of an official, mmsparse or full mmdet/mmseg checkpoint.
+        convert (callable, optional): maps official keys to mmsparse keys.
+        is_official (callable, optional): tells whether a state dict needs ``convert``.
+        prefix (str, optional): keep only keys under this prefix (e.g. ``'backbone.'``)
+            and strip it. By default a ``backbone.`` prefix shared by every key is stripped.
+        strict (bool): raise on missing, unexpected or mis-shaped keys (default);
+            if False they are logged as warnings and the rest is loaded.
+        tolerated_keys (Sequence[str]): regexes of keys allowed to be missing or
+            unexpected, e.g. output norms absent from an ImageNet checkpoint.
+            They are logged at INFO level.
+
+    Raises:
+        RuntimeError: with ``strict``, naming every offending key, before any
+            weight is copied (nothing is half-loaded).
+        FileNotFoundError: if ``checkpoint`` is not a file.
+    """
+    if not osp.isfile(checkpoint):
+        raise FileNotFoundError(
+            f'{type(model).__name__}: init_cfg checkpoint={checkpoint!r} does not exist. Download '
+            'the official weights (see the config folder README) or set '
+            'model.backbone.init_cfg=None to train from scratch.')
+    state_dict = load_state_dict_from_checkpoint(checkpoint)
+    if prefix is None and state_dict and all(k.startswith('backbone.') for k in state_dict):
+        prefix = 'backbone.'
+    if prefix:
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if not state_dict:
+            raise RuntimeError(f'checkpoint {checkpoint} has no key under prefix={prefix!r}')
+    if convert is not None and is_official is not None and is_official(state_dict):
+        state_dict = convert(state_dict)
+
+    own = model.state_dict()
+    tolerated = [re.compile(p) for p in tolerated_keys]
+
+    def is_tolerated(key):
+        return any(p.search(key) for p in tolerated)
+
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}'
+                  for k in state_dict if k in own and state_dict[k].shape != own[k].shape]
+    problems = []
+    for title, keys in (('missing keys', [k for k in missing if not is_tolerated(k)]),
+                        ('unexpected keys', [k for k in unexpected if not is_tolerated(k)]),
+                        ('shape mismatches', mismatched)):
+        if keys:
+            problems.append(f'{len(keys)} {title}: ' + ', '.join(keys))
+    name = type(model).__name__
+    if problems:
+        message = f'{name}: checkpoint {checkpoint} does not match the model; ' + '; '.join(problems)
+        if strict:
+            raise RuntimeError(message + ' (pass strict=False in init_cfg to load the rest anyway)')
+        print_log(message, logger='current', level=30)
+    skipped = [k for k in missing + unexpected if is_tolerated(k)]
+    if skipped:
+        print_log(f'{name}: keys not in both model and checkpoint (expected, they keep their '
+                  f'init or are unused): {", ".join(skipped)}', logger='current')
+    loadable = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(loadable, strict=False)
+    print_log(f'{name}: loaded {len(loadable)}/{len(own)} tensors from {checkpoint}', logger='current')
