@@ -1,0 +1,227 @@
+"""What ``tools/train.py`` and ``tools/test.py`` share: argument parsing, config
+preparation and runner construction.
+
+One pair of scripts serves mmdet and mmseg configs alike: the codebase is chosen
+by the config's ``default_scope``, so nothing here imports mmdet or mmseg.
+"""
+import argparse
+import importlib
+import logging
+import os
+import os.path as osp
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
+from mmengine.registry import RUNNERS, init_default_scope
+from mmengine.runner import Runner
+
+from .checkpoint import install_safe_checkpoint_loading
+
+LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+
+
+def _base_parser(description):
+    """Return a parser with the arguments common to training and testing."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('config', help='config file path (an mmdet or mmseg config)')
+    parser.add_argument(
+        '--work-dir',
+        help='directory for logs and checkpoints; defaults to the config\'s work_dir, '
+        'else ./work_dirs/<config name>')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, as key=value pairs merged into it; '
+        'a list is written key="[a,b]" or key=a,b, nested tuples key="[(a,b),(c,d)]" '
+        '(quotes needed, no white space)')
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser
+
+
+def _set_local_rank(args):
+    """Export ``LOCAL_RANK`` for MMEngine unless the launcher already did."""
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+
+
+def parse_train_args(argv=None):
+    """Parse the command line of ``tools/train.py``.
+
+    Args:
+        argv (list[str], optional): Arguments without the program name.
+            Defaults to ``sys.argv[1:]``.
+
+    Returns:
+        argparse.Namespace: ``config``, ``work_dir``, ``amp``, ``resume``,
+        ``cfg_options``, ``launcher``, ``local_rank``.
+    """
+    parser = _base_parser('Train an mmdet or mmseg model')
+    parser.add_argument(
+        '--amp', action='store_true', help='automatic mixed precision (needs a CUDA GPU)')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        const='auto',
+        help='resume from this checkpoint, or without a value from the latest '
+        'checkpoint in the work directory')
+    args = parser.parse_args(argv)
+    # AmpOptimWrapper asserts a GPU only once the runner is built; fail before
+    # any config loading, with the flag to drop in the message.
+    if args.amp and not torch.cuda.is_available():
+        parser.error('--amp needs a CUDA GPU (AmpOptimWrapper) and none is available; '
+                     'drop --amp to train in fp32')
+    _set_local_rank(args)
+    return args
+
+
+def parse_test_args(argv=None):
+    """Parse the command line of ``tools/test.py``.
+
+    Args:
+        argv (list[str], optional): Arguments without the program name.
+            Defaults to ``sys.argv[1:]``.
+
+    Returns:
+        argparse.Namespace: ``config``, ``checkpoint``, ``work_dir``, ``out``,
+        ``show_dir``, ``cfg_options``, ``launcher``, ``local_rank``.
+    """
+    parser = _base_parser('Test (and evaluate) an mmdet or mmseg model')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--out', help='dump the raw predictions to this pickle file (.pkl or .pickle)')
+    parser.add_argument(
+        '--show-dir',
+        help='save painted predictions here (through the config\'s VisualizationHook)')
+    args = parser.parse_args(argv)
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        parser.error(f'--out must end with .pkl or .pickle, got {args.out}')
+    _set_local_rank(args)
+    return args
+
+
+def import_mmsparse_models():
+    """Import ``mmsparse.models`` to register its modules, if it exists.
+
+    Only a missing ``mmsparse.models`` itself is tolerated (the scripts then run
+    stock mmdet/mmseg configs); a failing import inside it is re-raised.
+
+    Returns:
+        bool: Whether ``mmsparse.models`` was imported.
+    """
+    try:
+        importlib.import_module('mmsparse.models')
+    except ModuleNotFoundError as error:
+        if error.name != 'mmsparse.models':
+            raise
+        print_log('mmsparse.models is not available; only stock modules are registered',
+                  logger='current', level=logging.WARNING)
+        return False
+    return True
+
+
+def _adapt_cpu_distributed(cfg):
+    """Let ``--launcher`` run on CPU processes (gloo) when there is no CUDA.
+
+    MMEngine assumes GPUs for distributed runs: NCCL by default, DDP with
+    ``device_ids=[LOCAL_RANK]`` (rejected for CPU modules) and an unconditional
+    ``torch.cuda.set_device`` (fails on CPU-only torch builds).
+    """
+    # Config.setdefault stores a copy of the default, so assign explicitly.
+    if 'env_cfg' not in cfg:
+        cfg.env_cfg = {}
+    cfg.env_cfg.dist_cfg = {**cfg.env_cfg.get('dist_cfg', {}), 'backend': 'gloo'}
+    # A custom model_wrapper_cfg makes MMEngine ignore cfg.find_unused_parameters,
+    # so carry it over.
+    cfg.model_wrapper_cfg = dict(
+        type='MMDistributedDataParallel',
+        device_ids=None,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    torch.cuda.set_device = lambda device: None
+
+
+def _prepare_cfg(args):
+    """Load the config and apply the steps shared by training and testing."""
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    # work_dir priority: command line > config > config file name
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    import_mmsparse_models()
+    install_safe_checkpoint_loading()
+    if cfg.launcher != 'none' and not torch.cuda.is_available():
+        _adapt_cpu_distributed(cfg)
+    return cfg
+
+
+def prepare_train_cfg(args):
+    """Return the training config for the arguments of :func:`parse_train_args`.
+
+    Besides the shared steps (config options, ``work_dir``, default scope,
+    ``mmsparse.models``, safe checkpoint loading, CPU-distributed settings):
+    ``--amp`` switches to ``AmpOptimWrapper`` with dynamic loss scaling;
+    ``--resume CKPT`` resumes from ``CKPT``, bare ``--resume`` from the latest
+    checkpoint in ``work_dir``.
+
+    Args:
+        args (argparse.Namespace): Parsed ``tools/train.py`` arguments.
+
+    Returns:
+        mmengine.Config: The config to build the runner from.
+    """
+    cfg = _prepare_cfg(args)
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def prepare_test_cfg(args):
+    """Return the testing config for the arguments of :func:`parse_test_args`.
+
+    Besides the shared steps: loads ``args.checkpoint`` and, with ``--show-dir``,
+    turns on drawing in the config's ``visualization`` hook and saves there.
+
+    Args:
+        args (argparse.Namespace): Parsed ``tools/test.py`` arguments.
+
+    Returns:
+        mmengine.Config: The config to build the runner from.
+    """
+    cfg = _prepare_cfg(args)
+    cfg.load_from = args.checkpoint
+    if args.show_dir is not None:
+        if 'visualization' not in cfg.get('default_hooks', {}):
+            raise RuntimeError('--show-dir needs default_hooks.visualization in the config, '
+                               'e.g. visualization=dict(type=\'DetVisualizationHook\')')
+        cfg.default_hooks.visualization.draw = True
+        cfg.visualizer.save_dir = args.show_dir
+    return cfg
+
+
+def build_runner(cfg):
+    """Build the runner: ``RUNNERS.build`` when the config names a
+    ``runner_type``, else MMEngine's ``Runner``."""
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+__all__ = [
+    'parse_train_args', 'parse_test_args', 'prepare_train_cfg', 'prepare_test_cfg',
+    'build_runner', 'import_mmsparse_models'
+]
