@@ -3,8 +3,15 @@ import importlib.util
 import os
 import os.path as osp
 
-import pytest
 import torch
+
+# Without a GPU the Triton kernels run in Triton's CPU interpreter. Triton picks
+# interpreter or compiler when it is first imported, so this is set before any test
+# module can import it.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import pytest  # noqa: E402
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FIXTURES_ENV = 'MMSPARSE_OFFICIAL_FIXTURES'

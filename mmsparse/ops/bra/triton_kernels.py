@@ -54,11 +54,11 @@ _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64
 
 
 # --------------------------------------------------------------------------------------
-# Kernels. They are plain functions wrapped by ``triton.jit`` on first use (see
-# ``_kernel``), so that ``TRITON_INTERPRET`` is honoured whenever it is set, even after
-# this module was imported. They call no other jitted helpers for the same reason.
+# Kernels. Triton picks compiler or CPU interpreter when it is imported and when it
+# decorates, so ``TRITON_INTERPRET=1`` must be set before ``triton`` is first imported.
 # --------------------------------------------------------------------------------------
 
+@triton.jit
 def _bra_fwd_kernel(
         Q, K, V, O, LSE, IDX, SCALE,
         stride_qn, stride_qh, stride_qw, stride_qc,
@@ -137,6 +137,7 @@ def _bra_fwd_kernel(
              m_i + tl.log2(l_i), mask=mask_m)
 
 
+@triton.jit
 def _bra_bwd_dq_kernel(
         Q, K, V, O, DO, DQ, LSE, DELTA, IDX, SCALE,
         stride_qn, stride_qh, stride_qw, stride_qc,
@@ -217,6 +218,7 @@ def _bra_bwd_dq_kernel(
              + (head * D_QK + offs_dqk)[None, :] * stride_dqc, dq.to(DQ.dtype.element_ty), mask=mask_q)
 
 
+@triton.jit
 def _bra_bwd_dkdv_kernel(
         Q, K, V, DO, DK, DV, LSE, DELTA, IDX, SCALE,
         stride_qn, stride_qh, stride_qw, stride_qc,
@@ -302,22 +304,9 @@ def _bra_bwd_dkdv_kernel(
                   + (head * D_V + offs_dv)[None, :] * stride_dvc, dv, mask=mask_v)
 
 
-_JITTED = {}
 # Upper bound on BLOCK_M/BLOCK_N; tests lower it (>= 16) to run the multi-block paths
 # (several query blocks per region, key blocks straddling routed regions) on small maps.
 _BLOCK_CAP = None
-
-
-def _kernel(fn):
-    """``triton.jit(fn)``, built on first use per interpreter mode.
-
-    ``triton.jit`` picks the interpreter or the compiler when it decorates, so
-    jitting lazily lets ``TRITON_INTERPRET=1`` take effect after import.
-    """
-    key = (fn.__name__, interpreting())
-    if key not in _JITTED:
-        _JITTED[key] = triton.jit(fn)
-    return _JITTED[key]
 
 
 # --------------------------------------------------------------------------------------
@@ -339,36 +328,43 @@ def _block_config(tokens, n_keys, d_qk, d_v, dtype):
     * BLOCK_N (keys per step / per dK/dV program): the routed sequence
       ``topk * h*w`` rounded up, clamped to [16, cap]; blocks may span routed
       regions, which keeps tiny regions efficient.
-    * cap: 64 on GPU for head dims <= 64, 32 for wider heads or fp64 (register
-      pressure); 128 in the interpreter, where fewer, larger numpy steps are faster;
-      ``_BLOCK_CAP`` (tests) lowers it.
+    * cap (GPU): 64 for padded head dims <= 64, 32 up to 128, 16 beyond; halved
+      (>= 16) for fp64 -- it bounds registers and shared memory (checked by
+      compiling for sm80/sm90: at most ~100 KB of shared memory for head dims up
+      to 128, also in fp64). fp64 with head dims > 128 also drops software
+      pipelining (num_stages=1) to fit the 163 KB of an A100. In the interpreter
+      the cap is 128: fewer, larger numpy steps are faster. ``_BLOCK_CAP``
+      (tests) lowers it.
     """
     block_dqk = _pow2_at_least(d_qk, 16)
     block_dv = _pow2_at_least(d_v, 16)
+    max_d = max(block_dqk, block_dv)
     if interpreting():
         cap = 128
-    elif dtype == torch.float64 or max(block_dqk, block_dv) > 64:
-        cap = 32
     else:
-        cap = 64
+        cap = 64 if max_d <= 64 else 32 if max_d <= 128 else 16
+        if dtype == torch.float64:
+            cap = max(16, cap // 2)
     if _BLOCK_CAP is not None:
         cap = max(16, min(cap, _BLOCK_CAP))
     block_m = min(cap, _pow2_at_least(tokens, 16))
     block_n = min(cap, _pow2_at_least(n_keys, 16))
-    num_warps = 4 if block_m * block_n <= 64 * 64 and max(block_dqk, block_dv) <= 64 else 8
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
-                num_warps=num_warps)
+    cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
+               num_warps=4 if max_d <= 64 else 8)
+    if dtype == torch.float64 and max_d > 128 and not interpreting():
+        cfg['num_stages'] = 1
+    return cfg
 
 
 def _compute_config(dtype, device):
     """Kernel constexprs that depend on the dtype: accumulator, dot precision, scale passing."""
     if dtype == torch.float64:
-        return dict(ACC_DTYPE=tl.float64, DOT_DTYPE=tl.float64, PRECISION='ieee', SCALE_IS_PTR=True)
+        return dict(ACC_DTYPE=tl.float64, DOT_DTYPE=tl.float64, PRECISION=None, SCALE_IS_PTR=True)
     tf32 = (dtype == torch.float32 and device.type == 'cuda' and not interpreting()
             and torch.backends.cuda.matmul.allow_tf32)
-    # 'tf32' is Triton's default and is ignored for fp16/bf16 operands; fp32 operands
-    # get exact IEEE products unless PyTorch itself would use TF32 for matmuls.
-    precision = 'ieee' if dtype == torch.float32 and not tf32 else 'tf32'
+    # fp32 operands get exact IEEE products unless PyTorch itself would use TF32 for
+    # matmuls (Triton's own default is TF32); None keeps Triton's default elsewhere.
+    precision = ('tf32' if tf32 else 'ieee') if dtype == torch.float32 else None
     # Dot operands stay in the input dtype (tensor cores for fp16/bf16), except that the
     # interpreter multiplies bf16 tiles as raw uint16 numpy arrays: upcast them there.
     dot_dtype = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}[dtype]
@@ -448,7 +444,7 @@ class _BRATritonFunction(torch.autograd.Function):
         lse = torch.empty((geo['n'] * geo['num_regions'], num_heads, geo['tokens']),
                           dtype=acc_dtype, device=q.device)
         grid = (geo['n'] * geo['num_regions'], num_heads, triton.cdiv(geo['tokens'], cfg['BLOCK_M']))
-        _kernel(_bra_fwd_kernel)[grid](
+        _bra_fwd_kernel[grid](
             q, k, v, o, lse, region_index, scale_arg,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), *region_index.stride(),
             geo['num_regions'], n_win, geo['reg_h'], geo['reg_w'], geo['tokens'], geo['n_keys'],
@@ -473,7 +469,7 @@ class _BRATritonFunction(torch.autograd.Function):
         common = (geo['num_regions'], n_win, geo['reg_h'], geo['reg_w'], geo['tokens'], geo['n_keys'],
                   num_heads)
         grid = (geo['n'] * geo['num_regions'], num_heads, triton.cdiv(geo['tokens'], cfg['BLOCK_M']))
-        _kernel(_bra_bwd_dq_kernel)[grid](
+        _bra_bwd_dq_kernel[grid](
             q, k, v, o, do, dq, lse, delta, region_index, scale_arg,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
             *region_index.stride(), *common,
@@ -484,7 +480,7 @@ class _BRATritonFunction(torch.autograd.Function):
         dv = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)
         num_kblocks = triton.cdiv(geo['n_keys'], cfg['BLOCK_N'])
         grid = (geo['n'] * geo['num_regions'] * num_kblocks, num_heads)
-        _kernel(_bra_bwd_dkdv_kernel)[grid](
+        _bra_bwd_dkdv_kernel[grid](
             q, k, v, do, dk, dv, lse, delta, region_index, scale_arg,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
             *region_index.stride(), *common, num_kblocks,

@@ -1,0 +1,126 @@
+"""End-to-end runs of the documented commands on the synthetic ADE20K (CPU).
+
+These are the slowest tests of the suite (marked ``slow``); CI runs them.
+"""
+import glob
+import json
+import os
+import os.path as osp
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ..conftest import REPO_ROOT, load_tool
+
+ENTRY_CONFIG = 'configs/biformer/upernet_ade20k.py'
+# The README's --cfg-options that shrink BiFormer-S UperNet 160k to a CPU run on the
+# synthetic data: a smaller backbone and head, small crops, a short schedule.
+CPU_OPTIONS = [
+    'model.backbone.init_cfg=None', 'model.backbone.arch=tiny', 'model.backbone.n_win=4',
+    'model.backbone.drop_path_rate=0.0', 'model.decode_head.channels=64',
+    'model.auxiliary_head.channels=32', 'model.data_preprocessor.size=(96,96)',
+    'train_dataloader.dataset.pipeline.2.scale=(512,128)',
+    'train_dataloader.dataset.pipeline.3.crop_size=(96,96)',
+    'val_dataloader.dataset.pipeline.1.scale=(512,128)',
+    'test_dataloader.dataset.pipeline.1.scale=(512,128)',
+    'train_dataloader.batch_size=4', 'train_dataloader.num_workers=0',
+    'train_dataloader.persistent_workers=False', 'val_dataloader.num_workers=0',
+    'val_dataloader.persistent_workers=False', 'test_dataloader.num_workers=0',
+    'test_dataloader.persistent_workers=False', 'optim_wrapper.optimizer.lr=2e-3',
+]
+
+
+def schedule_options(max_iters, interval, warmup=20):
+    return [f'train_cfg.max_iters={max_iters}', f'train_cfg.val_interval={interval}',
+            f'default_hooks.checkpoint.interval={interval}', 'default_hooks.logger.interval=5',
+            f'param_scheduler.0.end={warmup}', f'param_scheduler.1.begin={warmup}',
+            f'param_scheduler.1.end={max_iters}']
+
+
+@pytest.fixture(scope='module')
+def ade_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('e2e_data')
+    load_tool('misc/generate_synthetic_data.py').generate(str(root), datasets=('ade', ), seed=1)
+    return osp.join(root, 'ade', 'ADEChallengeData2016')
+
+
+def data_options(ade_root):
+    return [f'{split}_dataloader.dataset.data_root={ade_root}' for split in ('train', 'val', 'test')]
+
+
+def run_tool(script, *args, timeout=900):
+    return subprocess.run([sys.executable, f'tools/{script}', *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def read_scalars(work_dir):
+    """The records of mmengine's ``vis_data/scalars.json`` of every run in ``work_dir``."""
+    records = []
+    for path in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))):
+        with open(path) as f:
+            records += [json.loads(line) for line in f]
+    return records
+
+
+def majority_class_miou(ade_root):
+    """mIoU (%) of always predicting the most frequent class, over the classes in the val GT."""
+    counts = np.zeros(256, dtype=np.int64)
+    for path in glob.glob(osp.join(ade_root, 'annotations', 'validation', '*.png')):
+        counts += np.bincount(np.asarray(Image.open(path)).ravel(), minlength=256)
+    counts = counts[1:]  # reduce_zero_label: 0 is ignored
+    present = counts > 0
+    return 100 * counts.max() / counts.sum() / present.sum()
+
+
+@pytest.mark.slow
+def test_short_training_learns(ade_root, tmp_path):
+    work_dir = str(tmp_path / 'work')
+    result = run_tool('train.py', ENTRY_CONFIG, '--work-dir', work_dir, '--cfg-options',
+                      *CPU_OPTIONS, *schedule_options(300, 300), *data_options(ade_root))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = read_scalars(work_dir)
+    losses = [r['loss'] for r in records if 'loss' in r]
+    assert len(losses) >= 10
+    assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:2]), losses
+    miou = [r['mIoU'] for r in records if 'mIoU' in r][-1]
+    chance = majority_class_miou(ade_root)
+    assert miou > max(2 * chance, 30.), (miou, chance)
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_and_tests(ade_root, tmp_path):
+    work_dir = str(tmp_path / 'work')
+    args = [sys.executable, 'tools/train.py', ENTRY_CONFIG, '--work-dir', work_dir, '--cfg-options',
+            *CPU_OPTIONS, *schedule_options(60, 2, warmup=2), *data_options(ade_root)]
+    # Interrupt the first run once its first checkpoint is complete.
+    proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not osp.exists(osp.join(work_dir, 'last_checkpoint')):
+        assert proc.poll() is None, 'training ended before writing a checkpoint'
+        assert time.time() < deadline, 'no checkpoint within 10 minutes'
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with open(osp.join(work_dir, 'last_checkpoint')) as f:
+        interrupted_at = int(osp.basename(f.read().strip())[len('iter_'):-len('.pth')])
+    assert interrupted_at < 60
+
+    # Resume to a short end: the schedule continues from the checkpoint's iteration.
+    result = run_tool('train.py', ENTRY_CONFIG, '--work-dir', work_dir, '--resume', '--cfg-options',
+                      *CPU_OPTIONS, *schedule_options(interrupted_at + 4, 2, warmup=2),
+                      *data_options(ade_root))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert f'resumed epoch: 0, iter: {interrupted_at}' in log, log[-3000:]
+    final = osp.join(work_dir, f'iter_{interrupted_at + 4}.pth')
+    assert osp.exists(final)
+
+    result = run_tool('test.py', ENTRY_CONFIG, final, '--work-dir', str(tmp_path / 'test'),
+                      '--cfg-options', *CPU_OPTIONS, *data_options(ade_root))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert 'mIoU' in result.stdout + result.stderr
