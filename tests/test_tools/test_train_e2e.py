@@ -81,7 +81,7 @@ def majority_class_miou(ade_root):
 def test_short_training_learns(ade_root, tmp_path):
     work_dir = str(tmp_path / 'work')
     result = run_tool('train.py', ENTRY_CONFIG, '--work-dir', work_dir, '--cfg-options',
-                      *CPU_OPTIONS, *schedule_options(300, 300), *data_options(ade_root))
+                      *CPU_OPTIONS, *schedule_options(200, 200), *data_options(ade_root))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = read_scalars(work_dir)
     losses = [r['loss'] for r in records if 'loss' in r]
@@ -89,7 +89,7 @@ def test_short_training_learns(ade_root, tmp_path):
     assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:2]), losses
     miou = [r['mIoU'] for r in records if 'mIoU' in r][-1]
     chance = majority_class_miou(ade_root)
-    assert miou > max(2 * chance, 30.), (miou, chance)
+    assert miou > max(3 * chance, 50.), (miou, chance)
 
 
 @pytest.mark.slow

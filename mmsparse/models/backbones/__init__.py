@@ -1,3 +1,5 @@
 from .biformer import BiFormer
+from .nat import NAT
+from .hat_net import HATNet
 
-__all__ = ['BiFormer']
+__all__ = ['BiFormer', 'NAT', 'HATNet']

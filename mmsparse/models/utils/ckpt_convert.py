@@ -37,3 +37,56 @@ def biformer_official_to_mmsparse(state_dict):
             key = re.sub(pattern, replacement, key)
         converted[key] = value
     return converted
+
+
+# HAT-Net keys are kept verbatim; the ImageNet classifier and the never-used
+# ``attn.proj_norm`` (dead parameters of the official Attention) are dropped.
+_HATNET_DROPPED = re.compile(r'^classifier\.|\.attn\.proj_norm\.')
+
+
+def is_official_hatnet(state_dict):
+    """True if ``state_dict`` holds keys that only an official HAT-Net checkpoint has."""
+    return any(_HATNET_DROPPED.search(key) for key in state_dict)
+
+
+def hatnet_official_to_mmsparse(state_dict):
+    """Map an official HAT-Net state dict (``yun-liu/HAT-Net``) to mmsparse keys.
+
+    Drops ``classifier.*`` and every ``blocks.s.i.attn.proj_norm.*``; all other
+    keys (``patch_embed``, ``blocks``, ``ds2/3/4``) are the mmsparse names already.
+    """
+    return OrderedDict((k, v) for k, v in state_dict.items() if not _HATNET_DROPPED.search(k))
+
+
+# Official NAT/DiNAT (classifier or dense wrapper) -> mmsparse.NAT. The stem and the
+# downsamplers become ``downsample_layers.0..3`` (stem first, level i's downsampler
+# feeds stage i+1), ``levels.i.blocks.j`` become ``stages.i.j``.
+_NAT_LEVEL_DOWNSAMPLE = re.compile(r'^levels\.(\d+)\.downsample\.(reduction|norm)\.')
+
+
+def is_official_nat(state_dict):
+    """True if ``state_dict`` uses the official NAT/DiNAT key names."""
+    return any(re.match(r'(patch_embed|levels)\.', key) for key in state_dict)
+
+
+def nat_official_to_mmsparse(state_dict):
+    """Map an official NAT/DiNAT state dict (ImageNet classifier or dense wrapper) to mmsparse keys.
+
+    ``patch_embed.{proj,norm}`` -> ``downsample_layers.0.{proj,norm}``,
+    ``levels.i.downsample.{reduction,norm}`` -> ``downsample_layers.{i+1}.{proj,norm}``,
+    ``levels.i.blocks.j`` -> ``stages.i.j``; block internals (``norm1``, ``attn.qkv``
+    fused q/k/v rows, ``attn.rpb`` (heads, 2k-1, 2k-1), ``attn.proj``, ``norm2``,
+    ``mlp.fc1/fc2``, ``gamma1/2``) and the dense output norms ``norm0..3`` keep their
+    names. The classifier's ``norm.*`` and ``head.*`` are dropped.
+    """
+    converted = OrderedDict()
+    for key, value in state_dict.items():
+        if _BIFORMER_CLASSIFIER.match(key):  # the same classifier keys as BiFormer's
+            continue
+        key = re.sub(r'^patch_embed\.', 'downsample_layers.0.', key)
+        key = _NAT_LEVEL_DOWNSAMPLE.sub(
+            lambda m: f"downsample_layers.{int(m.group(1)) + 1}."
+            f"{'proj' if m.group(2) == 'reduction' else 'norm'}.", key)
+        key = re.sub(r'^levels\.(\d+)\.blocks\.(\d+)\.', r'stages.\1.\2.', key)
+        converted[key] = value
+    return converted

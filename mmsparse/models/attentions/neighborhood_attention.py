@@ -1,0 +1,68 @@
+import torch
+import torch.nn.functional as F
+from mmengine.model.weight_init import trunc_normal_
+from torch import nn
+
+from mmsparse.ops import neighborhood_attention_2d
+
+
+class NeighborhoodAttention2d(nn.Module):
+    """(Dilated) neighborhood attention with relative positional bias.
+
+    NAT (Hassani et al., CVPR 2023, arXiv 2204.07143) and DiNAT (Hassani & Shi,
+    arXiv 2209.15001), reproducing NATTEN 0.14.4's ``NeighborhoodAttention2D``, the
+    module of the released checkpoints. Maps smaller than ``kernel_size * dilation``
+    on a side are zero-padded at the bottom/right up to ``kernel_size * dilation``
+    BEFORE the qkv projection, so padded tokens carry ``q = k = v = qkv.bias`` and
+    are attended as ordinary keys (no mask); the output is cropped before ``proj``.
+
+    Args:
+        embed_dims (int): channels C of the input and output.
+        num_heads (int): heads; must divide C.
+        kernel_size (int): odd neighbourhood size k.
+        dilation (int): dilation d.
+        qkv_bias (bool): bias of the fused qkv projection.
+        qk_scale (float, optional): logit scale; default ``head_dim ** -0.5``.
+        backend (str, optional): op backend, see :mod:`mmsparse.ops._dispatch`.
+
+    Shape:
+        (N, H, W, C) -> (N, H, W, C), any ``H, W >= 1``.
+    """
+
+    def __init__(self, embed_dims, num_heads, kernel_size=7, dilation=1, qkv_bias=True, qk_scale=None,
+                 backend=None):
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'num_heads={num_heads} must divide embed_dims={embed_dims}')
+        if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
+            raise ValueError(f'kernel_size={kernel_size!r} must be an odd int >= 3')
+        if not isinstance(dilation, int) or dilation < 1:
+            raise ValueError(f'dilation={dilation!r} must be an int >= 1')
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+        self.backend = backend
+        self.scale = qk_scale or (embed_dims // num_heads)**-0.5
+        self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)
+        table = 2 * kernel_size - 1
+        self.rpb = nn.Parameter(torch.zeros(num_heads, table, table))
+        trunc_normal_(self.rpb, std=.02, a=-2., b=2.)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+
+    def forward(self, x):
+        height, width = x.shape[1:3]
+        window = self.kernel_size * self.dilation
+        if height < window or width < window:
+            x = F.pad(x, (0, 0, 0, max(window - width, 0), 0, max(window - height, 0)))
+        n, pad_h, pad_w, c = x.shape
+        qkv = self.qkv(x).reshape(n, pad_h, pad_w, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(3, 0, 4, 1, 2, 5)
+        out = neighborhood_attention_2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb,
+                                        scale=self.scale, backend=self.backend)
+        out = out.permute(0, 2, 3, 1, 4).reshape(n, pad_h, pad_w, c)[:, :height, :width]
+        return self.proj(out)
+
+    def extra_repr(self):
+        return (f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, '
+                f'kernel_size={self.kernel_size}, dilation={self.dilation}')

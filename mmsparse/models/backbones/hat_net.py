@@ -1,0 +1,264 @@
+import torch.utils.checkpoint as cp
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmsparse.registry import MODELS
+from ..attentions import HierarchicalMHSA
+from ..attentions.hmhsa import group_norm1
+from ..layers import DropPath, LayerNorm2d, drop_path_rates
+from ..utils import hatnet_official_to_mmsparse, is_official_hatnet, load_pretrained_weights
+
+
+class InvertedResidual(nn.Module):
+    """HAT-Net's convolutional feed-forward branch (official key prefix ``conv.``).
+
+    ``GN -> 1x1 (C -> C*e) -> SiLU -> depthwise kxk -> SiLU -> Dropout2d ->
+    1x1 (C*e -> C) -> GN -> Dropout2d``; no conv has a bias. Note the GN at
+    the end of the branch.
+
+    Shape:
+        (B, C, H, W) -> (B, C, H, W)
+    """
+
+    def __init__(self, embed_dims, expansion, kernel_size, drop=0.):
+        super().__init__()
+        hidden = embed_dims * expansion
+        self.conv1 = nn.Sequential(group_norm1(embed_dims), nn.Conv2d(embed_dims, hidden, 1, bias=False),
+                                   nn.SiLU())
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(hidden, hidden, kernel_size, padding=(kernel_size - 1) // 2, groups=hidden, bias=False),
+            nn.SiLU(), nn.Dropout2d(drop))
+        self.conv3 = nn.Sequential(nn.Conv2d(hidden, embed_dims, 1, bias=False), group_norm1(embed_dims),
+                                   nn.Dropout2d(drop))
+
+    def forward(self, x):
+        return self.conv3(self.conv2(self.conv1(x)))
+
+
+class HATBlock(nn.Module):
+    """``x + DropPath(H-MHSA(x))``, then ``x + DropPath(InvertedResidual(x))``.
+
+    One DropPath module serves both branches (independent masks per call), as in
+    the official block. Each branch starts with its own GroupNorm.
+
+    Shape:
+        (B, C, H, W) -> (B, C, H, W)
+    """
+
+    def __init__(self, embed_dims, head_dim, grid_size, ds_ratio, expansion, kernel_size, drop,
+                 drop_path, with_cp, backend):
+        super().__init__()
+        self.with_cp = with_cp
+        self.attn = HierarchicalMHSA(embed_dims, head_dim, grid_size, ds_ratio, drop, backend)
+        self.conv = InvertedResidual(embed_dims, expansion, kernel_size, drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def _forward(self, x):
+        x = x + self.drop_path(self.attn(x))
+        return x + self.drop_path(self.conv(x))
+
+    def forward(self, x):
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
+class Downsample(nn.Sequential):
+    """Conv3x3 stride 2 then GroupNorm (official ``ds{2,3,4}``): (B, Cin, H, W) -> (B, Cout, ceil(H/2), ceil(W/2))."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+        self.norm = group_norm1(out_channels)
+
+
+@MODELS.register_module()
+class HATNet(BaseModule):
+    """HAT-Net backbone with hierarchical multi-head self-attention (H-MHSA).
+
+    Liu et al., "Vision Transformers with Hierarchical Attention", Machine
+    Intelligence Research 21:670-683 (2024), https://arxiv.org/abs/2106.03180.
+    A conv stem (stride 4) and stride-2 conv + GroupNorm downsampling; every block
+    is H-MHSA (local ``G x G`` windows, then global attention against keys pooled
+    by ``r``; plain MHSA where ``G == 1``) plus a convolutional inverted residual.
+    Module names follow the official model, so official ImageNet checkpoints load
+    after dropping the classifier and the unused ``attn.proj_norm``.
+
+    Any input size works (the official code needs sides in ``224k-3 .. 224k``): stride-2
+    convs round up, and H-MHSA pads its local windows and pooling cells inside the
+    op, masking the padding out (see :class:`~mmsparse.models.attentions.HierarchicalMHSA`).
+    At officially accepted sizes the outputs equal the official model's.
+
+    Args:
+        arch (str | dict): ``'tiny'``, ``'small'``, ``'medium'``, ``'large'`` or a dict
+            with the keys ``dims``, ``head_dim``, ``depths``, ``expansions``,
+            ``grid_sizes``, ``ds_ratios`` and ``kernel_sizes`` (per-stage tuples of 4
+            ints, except ``head_dim``, one int shared by all stages).
+        in_channels (int): image channels (the official stem hard-codes 3).
+        out_indices (Sequence[int]): stages whose maps are returned.
+        out_norms (bool): add a LayerNorm2d per returned map. The official model
+            has none (the outputs are the stage residual streams, as PVT's), so
+            the default is False; ImageNet checkpoints leave them at their init.
+        frozen_stages (int): stages ``0..frozen_stages`` (stem or downsampling, the
+            blocks and output norm) are frozen; -1 freezes nothing.
+        norm_eval (bool): keep BatchNorm layers in eval mode while training. Kept
+            for interface parity: HAT-Net uses GroupNorm only, which has no running
+            statistics, so it changes nothing here.
+        with_cp (bool): activation checkpointing per block.
+        drop_rate (float): ``Dropout2d`` rate inside attention and feed-forward.
+        drop_path_rate (float): stochastic depth, linear from 0 over all blocks.
+        backend (str, optional): H-MHSA op backend, see :mod:`mmsparse.ops.hmhsa`.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH)``
+            loads an official ImageNet checkpoint or an mmsparse one; missing or
+            unexpected keys are errors unless ``strict=False`` (then logged).
+
+    Shape:
+        (B, in_channels, H, W) -> tuple of (B, dims[i], ceil(H / 2**(i+2)),
+        ceil(W / 2**(i+2))) for i in ``out_indices``.
+    """
+
+    _shared = dict(head_dim=64, expansions=(8, 8, 4, 4), grid_sizes=(8, 7, 7, 1), ds_ratios=(8, 4, 2, 1))
+    arch_zoo = {
+        'tiny': dict(_shared, dims=(48, 96, 240, 384), head_dim=48, depths=(2, 2, 6, 3), kernel_sizes=(3, 3, 3, 3)),
+        'small': dict(_shared, dims=(64, 128, 320, 512), depths=(2, 3, 8, 3), kernel_sizes=(3, 3, 3, 3)),
+        'medium': dict(_shared, dims=(64, 128, 320, 512), depths=(3, 6, 18, 3), kernel_sizes=(5, 3, 5, 3)),
+        'large': dict(_shared, dims=(64, 128, 320, 640), depths=(3, 8, 27, 3), kernel_sizes=(3, 3, 3, 3)),
+    }
+    num_stages = 4
+    _per_stage_keys = ('dims', 'depths', 'expansions', 'grid_sizes', 'ds_ratios', 'kernel_sizes')
+
+    def __init__(self,
+                 arch='small',
+                 in_channels=3,
+                 out_indices=(0, 1, 2, 3),
+                 out_norms=False,
+                 frozen_stages=-1,
+                 norm_eval=False,
+                 with_cp=False,
+                 drop_rate=0.,
+                 drop_path_rate=0.,
+                 backend=None,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        arch = self._parse_arch(arch)
+        self.dims = tuple(arch['dims'])
+        self.depths = tuple(arch['depths'])
+        self.out_indices = self._parse_out_indices(out_indices)
+        if not -1 <= frozen_stages < self.num_stages:
+            raise ValueError(f'frozen_stages={frozen_stages} must be in [-1, {self.num_stages - 1}]')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+
+        dims = self.dims
+        self.patch_embed = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, stride=2, padding=1), group_norm1(16), nn.SiLU(),
+            nn.Conv2d(16, dims[0], 3, stride=2, padding=1))
+        for i in range(1, self.num_stages):
+            self.add_module(f'ds{i + 1}', Downsample(dims[i - 1], dims[i]))
+        rates = drop_path_rates(drop_path_rate, self.depths)
+        self.blocks = nn.ModuleList(
+            nn.ModuleList(
+                HATBlock(dims[i], arch['head_dim'], arch['grid_sizes'][i], arch['ds_ratios'][i],
+                         arch['expansions'][i], arch['kernel_sizes'][i], drop_rate, rates[i][b], with_cp,
+                         backend)
+                for b in range(self.depths[i])) for i in range(self.num_stages))
+        if out_norms:
+            for i in self.out_indices:
+                self.add_module(f'norm{i}', LayerNorm2d(dims[i]))
+        self.out_norms = out_norms
+
+        self.apply(self._init_layer)
+        self._freeze_stages()
+
+    def _parse_arch(self, arch):
+        if isinstance(arch, str):
+            if arch not in self.arch_zoo:
+                raise ValueError(f'arch={arch!r} is not a HAT-Net preset; choose one of '
+                                 f'{sorted(self.arch_zoo)} or pass a dict')
+            return self.arch_zoo[arch]
+        if not isinstance(arch, dict):
+            raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
+        required = set(self._per_stage_keys) | {'head_dim'}
+        if set(arch) != required:
+            raise ValueError(f'arch={arch} must have exactly the keys {sorted(required)}')
+        for key in self._per_stage_keys:
+            if len(arch[key]) != self.num_stages:
+                raise ValueError(f"arch['{key}']={arch[key]} must have {self.num_stages} entries")
+        for dim in arch['dims']:
+            if dim % arch['head_dim']:
+                raise ValueError(f"arch['head_dim']={arch['head_dim']} must divide every dim, "
+                                 f"got dims={arch['dims']}")
+        return arch
+
+    def _parse_out_indices(self, out_indices):
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        out_indices = tuple(i % self.num_stages if -self.num_stages <= i < 0 else i for i in out_indices)
+        for i in out_indices:
+            if not 0 <= i < self.num_stages:
+                raise ValueError(f'out_indices={out_indices} must be in [0, {self.num_stages - 1}]')
+        return out_indices
+
+    @staticmethod
+    def _init_layer(m):
+        """Official init: trunc-normal(0.02) conv/linear weights, zero biases, GN (1, 0)."""
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def init_weights(self):
+        if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
+            super().init_weights()
+            return
+        load_pretrained_weights(
+            self,
+            self.init_cfg['checkpoint'],
+            convert=hatnet_official_to_mmsparse,
+            is_official=is_official_hatnet,
+            prefix=self.init_cfg.get('prefix'),
+            strict=self.init_cfg.get('strict', True),
+            # ImageNet checkpoints have no output norms: they keep their init.
+            tolerated_keys=(r'^norm\d\.', ))
+        self._is_init = True
+
+    def _entry(self, i):
+        """The layer that starts stage ``i``: the stem (stride 4) or a downsampling (stride 2)."""
+        return self.patch_embed if i == 0 else getattr(self, f'ds{i + 1}')
+
+    def _stage_modules(self, i):
+        modules = [self._entry(i), self.blocks[i]]
+        if self.out_norms and i in self.out_indices:
+            modules.append(getattr(self, f'norm{i}'))
+        return modules
+
+    def _freeze_stages(self):
+        for i in range(self.frozen_stages + 1):
+            for module in self._stage_modules(i):
+                module.eval()
+                for param in module.parameters():
+                    param.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x):
+        outs = []
+        for i in range(self.num_stages):
+            x = self._entry(i)(x)
+            for block in self.blocks[i]:
+                x = block(x)
+            if i in self.out_indices:
+                outs.append(getattr(self, f'norm{i}')(x) if self.out_norms else x)
+        return tuple(outs)

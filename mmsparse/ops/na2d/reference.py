@@ -1,0 +1,88 @@
+"""Pure-PyTorch 2-D neighborhood attention: the readable specification.
+
+Exact semantics of NATTEN 0.14.4 (``natten2dqkrpb`` -> softmax -> ``natten2dav``),
+the op the NAT (Hassani et al., CVPR 2023, arXiv 2204.07143) and DiNAT (Hassani &
+Shi, arXiv 2209.15001) checkpoints were trained with:
+
+* every query attends to exactly ``k x k`` keys; near a border the window shifts
+  inward instead of being zero-padded;
+* dilation ``d`` splits each axis into ``d`` interleaved residue classes and the
+  (clamped) window lives inside the query's class, with stride ``d``;
+* the relative positional bias table ``rpb`` (heads, 2k-1, 2k-1) is indexed by the
+  key-query offset counted in dilated steps, plus ``k - 1``, and is added
+  (unscaled) after ``q`` is scaled.
+
+Memory is linear in the number of tokens: the ``k*k`` neighbours of every query
+are gathered, no (H*W) x (H*W) matrix is formed.
+"""
+import torch
+
+
+def neighborhood_indices(length, kernel_size, dilation, device=None):
+    """Neighbour and bias indices of every position along one axis.
+
+    Args:
+        length (int): axis length ``L``, at least ``kernel_size * dilation``.
+        kernel_size (int): odd window size ``k``.
+        dilation (int): dilation ``d``.
+        device (torch.device, optional): device of the returned tensors.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``(neighbors, bias)``, both (L, k) int64:
+        ``neighbors[i, t]`` is the position of the ``t``-th neighbour of ``i``
+        and ``bias[i, t]`` its row (or column) in the ``2k-1`` wide bias table.
+    """
+    pos = torch.arange(length, device=device)
+    residue, group = pos % dilation, pos // dilation
+    class_len = (length - residue + dilation - 1) // dilation
+    start = torch.minimum((group - kernel_size // 2).clamp(min=0), class_len - kernel_size)
+    steps = torch.arange(kernel_size, device=device)
+    neighbors = (residue + start * dilation)[:, None] + steps * dilation
+    bias = (kernel_size - 1 - (group - start))[:, None] + steps
+    return neighbors, bias
+
+
+def _gather_neighbors(x, rows, cols):
+    """(B, heads, H, W, C) -> (B, heads, H, W, k, k, C): the neighbours of every query."""
+    return x[:, :, rows[:, None, :, None], cols[None, :, None, :]]
+
+
+def na2d_logits_reference(q, k, kernel_size, dilation, rpb, scale):
+    """The pre-softmax logits ``scale * q.k + rpb`` of every query and neighbour.
+
+    Args:
+        q, k (Tensor): (B, heads, H, W, hd), with ``H, W >= kernel_size * dilation``.
+        kernel_size (int): odd window size ``k``.
+        dilation (int): dilation ``d >= 1``.
+        rpb (Tensor | None): (heads, 2k-1, 2k-1) relative positional bias.
+        scale (float): multiplies ``q`` before the dot product.
+
+    Returns:
+        Tensor: (B, heads, H, W, k*k), neighbour ``t = ti*k + tj`` (NATTEN's
+        ``natten2dqkrpb`` layout).
+    """
+    height, width = q.shape[2:4]
+    rows, bias_rows = neighborhood_indices(height, kernel_size, dilation, q.device)
+    cols, bias_cols = neighborhood_indices(width, kernel_size, dilation, q.device)
+    logits = torch.einsum('bnhwc,bnhwijc->bnhwij', q * scale, _gather_neighbors(k, rows, cols))
+    if rpb is not None:
+        logits = logits + rpb[:, bias_rows[:, None, :, None], bias_cols[None, :, None, :]]
+    return logits.flatten(-2)
+
+
+def na2d_reference(q, k, v, kernel_size, dilation, rpb, scale):
+    """Neighborhood attention over heads-first maps, by gathering the neighbours.
+
+    Args:
+        q, k, v (Tensor): (B, heads, H, W, hd), with ``H, W >= kernel_size * dilation``.
+        kernel_size, dilation, rpb, scale: see :func:`na2d_logits_reference`.
+
+    Returns:
+        Tensor: (B, heads, H, W, hd).
+    """
+    height, width = q.shape[2:4]
+    rows, _ = neighborhood_indices(height, kernel_size, dilation, q.device)
+    cols, _ = neighborhood_indices(width, kernel_size, dilation, q.device)
+    attn = na2d_logits_reference(q, k, kernel_size, dilation, rpb, scale).softmax(dim=-1)
+    attn = attn.unflatten(-1, (kernel_size, kernel_size))
+    return torch.einsum('bnhwij,bnhwijc->bnhwc', attn, _gather_neighbors(v, rows, cols))

@@ -1,0 +1,276 @@
+"""Fused Triton forward and backward of 2-D neighborhood attention with RPB.
+
+Same semantics as :func:`mmsparse.ops.na2d.reference.na2d_reference` (NATTEN
+0.14.4, see ``docs/nat.md`` section 1), without materialising the
+``(B, heads, H, W, k*k)`` attention tensor: each program owns a block of query
+tokens of one (batch, head), walks their ``k*k`` neighbours one at a time with an
+online softmax, and stores only the output and the per-query log-sum-exp. The
+backward recomputes the probabilities from that log-sum-exp.
+
+Layout used by the kernels
+--------------------------
+* ``q``, ``k``, ``v``, ``out``: (B, heads, H, W, hd), any strides (e.g. the
+  permuted view of a fused ``qkv`` projection; nothing is copied).
+* Query ``m`` of a program is token ``m`` of the row-major ``H x W`` map.
+* Neighbour ``t = ti*k + tj`` of query ``(i, j)`` is the key at
+  ``(row_start(i) + ti*d, col_start(j) + tj*d)``; its bias is
+  ``rpb[head, row_bias(i) + ti, col_bias(j) + tj]``. ``*_start`` and ``*_bias``
+  are the window rules of ``docs/nat.md`` 1.2, computed per query in-kernel
+  (:func:`_window`), identical to
+  :func:`mmsparse.ops.na2d.reference.neighborhood_indices`.
+
+Grid (forward and backward): ``(B * heads, cdiv(H*W, BLOCK_M))``.
+
+The backward is one kernel: per query block it recomputes ``p``, forms ``dq``
+directly (each query is owned by one program), and scatters ``dk``, ``dv`` (into
+the keys of the window) and ``d_rpb`` (into the bias cells) with
+``tl.atomic_add`` into fp32 (fp64 for fp64 inputs) buffers, because a key or a bias
+cell is shared by many queries. The order of those additions is not fixed, so
+``dk``, ``dv`` and ``d_rpb`` are not bitwise deterministic on GPU.
+
+Dtypes: float16, bfloat16 and float32 accumulate in float32; float64 in float64.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .._dispatch import check_triton_device, interpreting
+from .reference import na2d_reference
+
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@triton.jit
+def _window(pos, length, K: tl.constexpr, dilation):
+    """First neighbour and first bias index along one axis (``docs/nat.md`` 1.2)."""
+    residue = pos % dilation
+    group = pos // dilation
+    class_len = (length - residue + dilation - 1) // dilation
+    start = tl.minimum(tl.maximum(group - K // 2, 0), class_len - K)
+    return residue + start * dilation, K - 1 - (group - start)
+
+
+@triton.jit
+def _na2d_fwd_kernel(
+        Q, K, V, RPB, O, LSE, SCALE,
+        stride_qb, stride_qn, stride_qh, stride_qw, stride_qc,
+        stride_kb, stride_kn, stride_kh, stride_kw, stride_kc,
+        stride_vb, stride_vn, stride_vh, stride_vw, stride_vc,
+        stride_ob, stride_on, stride_oh, stride_ow, stride_oc,
+        stride_rn, stride_rh, stride_rw,
+        num_heads, height, width, dilation,
+        HEAD_DIM: tl.constexpr, KERNEL: tl.constexpr, HAS_RPB: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """out = softmax(scale * q.k_t + rpb_t) . v_t over the k*k neighbours; stores LSE (natural log)."""
+    pid_bn = tl.program_id(0)
+    b = (pid_bn // num_heads).to(tl.int64)
+    head = pid_bn % num_heads
+    scale = tl.load(SCALE).to(ACC_DTYPE)
+
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < height * width
+    row = offs_m // width
+    col = offs_m % width
+    row_start, row_bias = _window(row, height, KERNEL, dilation)
+    col_start, col_bias = _window(col, width, KERNEL, dilation)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = mask_m[:, None] & (offs_d < HEAD_DIM)[None, :]
+
+    q = tl.load(Q + b * stride_qb + head * stride_qn + row[:, None] * stride_qh + col[:, None] * stride_qw
+                + offs_d[None, :] * stride_qc, mask=mask, other=0.0).to(ACC_DTYPE) * scale
+    k_base = K + b * stride_kb + head * stride_kn + offs_d[None, :] * stride_kc
+    v_base = V + b * stride_vb + head * stride_vn + offs_d[None, :] * stride_vc
+    m_i = tl.full([BLOCK_M], float('-inf'), dtype=ACC_DTYPE)
+    l_i = tl.zeros([BLOCK_M], dtype=ACC_DTYPE)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_DTYPE)
+    for ti in range(KERNEL):
+        key_row = (row_start + ti * dilation)[:, None]
+        for tj in range(KERNEL):
+            key_col = (col_start + tj * dilation)[:, None]
+            kt = tl.load(k_base + key_row * stride_kh + key_col * stride_kw, mask=mask, other=0.0)
+            s = tl.sum(q * kt.to(ACC_DTYPE), 1)
+            if HAS_RPB:
+                s += tl.load(RPB + head * stride_rn + (row_bias + ti) * stride_rh
+                             + (col_bias + tj) * stride_rw, mask=mask_m, other=0.0).to(ACC_DTYPE)
+            m_new = tl.maximum(m_i, s)
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new)
+            l_i = l_i * alpha + p
+            vt = tl.load(v_base + key_row * stride_vh + key_col * stride_vw, mask=mask, other=0.0)
+            acc = acc * alpha[:, None] + p[:, None] * vt.to(ACC_DTYPE)
+            m_i = m_new
+
+    acc = acc / l_i[:, None]
+    tl.store(O + b * stride_ob + head * stride_on + row[:, None] * stride_oh + col[:, None] * stride_ow
+             + offs_d[None, :] * stride_oc, acc.to(O.dtype.element_ty), mask=mask)
+    tl.store(LSE + pid_bn.to(tl.int64) * height * width + offs_m, m_i + tl.log(l_i), mask=mask_m)
+
+
+@triton.jit
+def _na2d_bwd_kernel(
+        Q, K, V, RPB, O, DO, LSE, SCALE, DQ, DK, DV, DRPB,
+        stride_qb, stride_qn, stride_qh, stride_qw, stride_qc,
+        stride_kb, stride_kn, stride_kh, stride_kw, stride_kc,
+        stride_vb, stride_vn, stride_vh, stride_vw, stride_vc,
+        stride_ob, stride_on, stride_oh, stride_ow, stride_oc,
+        stride_dob, stride_don, stride_doh, stride_dow, stride_doc,
+        stride_rn, stride_rh, stride_rw,
+        num_heads, height, width, dilation,
+        HEAD_DIM: tl.constexpr, KERNEL: tl.constexpr, HAS_RPB: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """dq (stored), dk, dv, d_rpb (atomically added) for a block of queries.
+
+    ``DQ``, ``DK``, ``DV`` are contiguous (B, heads, H, W, hd) buffers of the
+    accumulator dtype, ``DRPB`` a contiguous (heads, 2k-1, 2k-1) one.
+    """
+    pid_bn = tl.program_id(0)
+    b = (pid_bn // num_heads).to(tl.int64)
+    head = pid_bn % num_heads
+    scale = tl.load(SCALE).to(ACC_DTYPE)
+    table = 2 * KERNEL - 1
+
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < height * width
+    row = offs_m // width
+    col = offs_m % width
+    row_start, row_bias = _window(row, height, KERNEL, dilation)
+    col_start, col_bias = _window(col, width, KERNEL, dilation)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = mask_m[:, None] & (offs_d < HEAD_DIM)[None, :]
+
+    q = tl.load(Q + b * stride_qb + head * stride_qn + row[:, None] * stride_qh + col[:, None] * stride_qw
+                + offs_d[None, :] * stride_qc, mask=mask, other=0.0).to(ACC_DTYPE) * scale
+    do = tl.load(DO + b * stride_dob + head * stride_don + row[:, None] * stride_doh
+                 + col[:, None] * stride_dow + offs_d[None, :] * stride_doc, mask=mask, other=0.0).to(ACC_DTYPE)
+    o = tl.load(O + b * stride_ob + head * stride_on + row[:, None] * stride_oh + col[:, None] * stride_ow
+                + offs_d[None, :] * stride_oc, mask=mask, other=0.0).to(ACC_DTYPE)
+    delta = tl.sum(do * o, 1)
+    lse = tl.load(LSE + pid_bn.to(tl.int64) * height * width + offs_m, mask=mask_m, other=0.0)
+
+    # Gradient buffers are contiguous (B, heads, H, W, hd): token offset * HEAD_DIM + channel.
+    grad_base = (pid_bn.to(tl.int64) * height * width) * HEAD_DIM + offs_d[None, :]
+    k_base = K + b * stride_kb + head * stride_kn + offs_d[None, :] * stride_kc
+    v_base = V + b * stride_vb + head * stride_vn + offs_d[None, :] * stride_vc
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_DTYPE)
+    for ti in range(KERNEL):
+        key_row = row_start + ti * dilation
+        for tj in range(KERNEL):
+            key_col = col_start + tj * dilation
+            kt = tl.load(k_base + key_row[:, None] * stride_kh + key_col[:, None] * stride_kw,
+                         mask=mask, other=0.0).to(ACC_DTYPE)
+            vt = tl.load(v_base + key_row[:, None] * stride_vh + key_col[:, None] * stride_vw,
+                         mask=mask, other=0.0).to(ACC_DTYPE)
+            s = tl.sum(q * kt, 1)
+            bias_offs = head * table * table + (row_bias + ti) * table + (col_bias + tj)
+            if HAS_RPB:
+                s += tl.load(RPB + head * stride_rn + (row_bias + ti) * stride_rh
+                             + (col_bias + tj) * stride_rw, mask=mask_m, other=0.0).to(ACC_DTYPE)
+            p = tl.where(mask_m, tl.exp(s - lse), 0.0)
+            ds = p * (tl.sum(do * vt, 1) - delta)
+            dq += ds[:, None] * kt
+            key_offs = grad_base + (key_row * width + key_col)[:, None] * HEAD_DIM
+            tl.atomic_add(DK + key_offs, ds[:, None] * q, mask=mask)
+            tl.atomic_add(DV + key_offs, p[:, None] * do, mask=mask)
+            if HAS_RPB:
+                tl.atomic_add(DRPB + bias_offs, ds, mask=mask_m)
+
+    tl.store(DQ + grad_base + offs_m[:, None] * HEAD_DIM, dq * scale, mask=mask)
+
+
+def _block_config(tokens, head_dim):
+    """BLOCK_D: head dim rounded up to a power of two (>= 16, masked). BLOCK_M: 64
+    query tokens per program on GPU (32 for head dims > 64, bounding registers); in the
+    interpreter up to 256, since fewer, larger numpy steps are faster."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    cap = 256 if interpreting() else 64 if block_d <= 64 else 32
+    block_m = min(cap, max(16, triton.next_power_of_2(tokens)))
+    return dict(BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4 if block_d <= 64 else 8)
+
+
+def _validate(q, k, v, rpb):
+    tensors = [('q', q), ('k', k), ('v', v)] + ([('rpb', rpb)] if rpb is not None else [])
+    for name, t in tensors:
+        check_triton_device(name, t)
+        if t.dtype != q.dtype:
+            raise TypeError(f'{name}.dtype={t.dtype} must equal q.dtype={q.dtype}')
+        if t.device != q.device:
+            raise ValueError(f'{name}.device={t.device} must equal q.device={q.device}')
+    if q.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f'q.dtype={q.dtype} is not supported by the triton NA kernels; '
+                        f'expected one of {_SUPPORTED_DTYPES}')
+
+
+def _strides(*tensors):
+    return [s for t in tensors for s in t.stride()]
+
+
+class _NA2dTritonFunction(torch.autograd.Function):
+    """Fused NA: forward saves (q, k, v, rpb, out, lse), backward recomputes the probabilities."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rpb, kernel_size, dilation, scale):
+        batch, heads, height, width, head_dim = q.shape
+        acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        cfg = _block_config(height * width, head_dim)
+        scale_t = torch.tensor([scale], dtype=acc_dtype, device=q.device)
+        has_rpb = rpb is not None
+        rpb_arg = rpb if has_rpb else q
+        out = torch.empty(q.shape, dtype=v.dtype, device=q.device)
+        lse = torch.empty((batch * heads, height * width), dtype=acc_dtype, device=q.device)
+        grid = (batch * heads, triton.cdiv(height * width, cfg['BLOCK_M']))
+        rpb_strides = rpb.stride() if has_rpb else (0, 0, 0)
+        _na2d_fwd_kernel[grid](
+            q, k, v, rpb_arg, out, lse, scale_t, *_strides(q, k, v, out), *rpb_strides,
+            heads, height, width, dilation, HEAD_DIM=head_dim, KERNEL=kernel_size, HAS_RPB=has_rpb,
+            ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32, **cfg)
+        ctx.save_for_backward(q, k, v, rpb_arg, out, lse, scale_t)
+        ctx.na = (kernel_size, dilation, has_rpb, cfg)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out):
+        q, k, v, rpb_arg, out, lse, scale_t = ctx.saved_tensors
+        kernel_size, dilation, has_rpb, cfg = ctx.na
+        batch, heads, height, width, head_dim = q.shape
+        acc_dtype = lse.dtype
+        dq, dk, dv = (torch.zeros(q.shape, dtype=acc_dtype, device=q.device) for _ in range(3))
+        table = 2 * kernel_size - 1
+        d_rpb = torch.zeros((heads, table, table), dtype=acc_dtype, device=q.device)
+        rpb_strides = rpb_arg.stride() if has_rpb else (0, 0, 0)
+        grid = (batch * heads, triton.cdiv(height * width, cfg['BLOCK_M']))
+        _na2d_bwd_kernel[grid](
+            q, k, v, rpb_arg, out, d_out, lse, scale_t, dq, dk, dv, d_rpb,
+            *_strides(q, k, v, out, d_out), *rpb_strides,
+            heads, height, width, dilation, HEAD_DIM=head_dim, KERNEL=kernel_size, HAS_RPB=has_rpb,
+            ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32, **cfg)
+        d_rpb = d_rpb.to(rpb_arg.dtype) if has_rpb else None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), d_rpb, None, None, None
+
+
+def na2d_triton(q, k, v, kernel_size, dilation, rpb, scale):
+    """Neighborhood attention with fused Triton kernels.
+
+    Drop-in for :func:`mmsparse.ops.na2d.reference.na2d_reference` (same
+    arguments, result and gradients up to float rounding); the arguments are
+    checked by :func:`mmsparse.ops.neighborhood_attention_2d`.
+
+    Args:
+        q, k, v (Tensor): (B, heads, H, W, hd) float16/bfloat16/float32/float64,
+            any strides; ``H, W >= kernel_size * dilation``.
+        kernel_size (int): odd window size ``k``.
+        dilation (int): dilation ``d``.
+        rpb (Tensor | None): (heads, 2k-1, 2k-1), same dtype.
+        scale (float): multiplies ``q``.
+
+    Returns:
+        Tensor: (B, heads, H, W, hd) contiguous, differentiable w.r.t. q, k, v and
+        rpb (first order).
+    """
+    _validate(q, k, v, rpb)
+    if q.numel() == 0:
+        return na2d_reference(q, k, v, kernel_size, dilation, rpb, scale)
+    return _NA2dTritonFunction.apply(q, k, v, rpb, kernel_size, dilation, float(scale))
+
+
+__all__ = ['na2d_triton']
