@@ -85,7 +85,7 @@ def mmcv_with_ops_installed():
 
 
 def find_prebuilt_mmcv(wheel_dir):
-    tag = f'cp{sys.version_info.major}{sys.version_info.minor}'
+    tag = 'cp%d%d' % tuple(sys.version_info[:2])
     pattern = osp.join(wheel_dir, f'mmcv-{MMCV_VERSION}-{tag}-{tag}-*.whl')
     wheels = sorted(glob.glob(pattern))
     return wheels[0] if wheels else None
