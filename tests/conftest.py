@@ -14,6 +14,9 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# Scripts and interpreters that tests spawn import this checkout's mmsparse, whatever
+# checkout the installed (editable) package points to.
+os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get('PYTHONPATH')]))
 FIXTURES_ENV = 'MMSPARSE_OFFICIAL_FIXTURES'
 
 

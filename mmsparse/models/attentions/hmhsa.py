@@ -9,7 +9,7 @@ def group_norm1(num_channels):
 
 
 class HierarchicalMHSA(nn.Module):
-    """Hierarchical multi-head self-attention, H-MHSA (HAT-Net, arXiv 2106.03180, Sec. 3.2).
+    """Hierarchical multi-head self-attention, H-MHSA (HAT-Net, arXiv 2106.03180).
 
     With ``grid_size > 1``::
 

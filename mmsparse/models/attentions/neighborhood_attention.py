@@ -14,7 +14,8 @@ class NeighborhoodAttention2d(nn.Module):
     module of the released checkpoints. Maps smaller than ``kernel_size * dilation``
     on a side are zero-padded at the bottom/right up to ``kernel_size * dilation``
     BEFORE the qkv projection, so padded tokens carry ``q = k = v = qkv.bias`` and
-    are attended as ordinary keys (no mask); the output is cropped before ``proj``.
+    are attended as ordinary keys (no mask); the output is cropped before ``proj``
+    (here only the kept queries are computed, which gives the same numbers).
 
     Args:
         embed_dims (int): channels C of the input and output.
@@ -58,10 +59,10 @@ class NeighborhoodAttention2d(nn.Module):
         n, pad_h, pad_w, c = x.shape
         qkv = self.qkv(x).reshape(n, pad_h, pad_w, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(3, 0, 4, 1, 2, 5)
-        out = neighborhood_attention_2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb,
-                                        scale=self.scale, backend=self.backend)
-        out = out.permute(0, 2, 3, 1, 4).reshape(n, pad_h, pad_w, c)[:, :height, :width]
-        return self.proj(out)
+        # Only the queries kept by the crop are computed; padded tokens stay keys/values.
+        out = neighborhood_attention_2d(q[:, :, :height, :width], k, v, self.kernel_size, self.dilation,
+                                        rpb=self.rpb, scale=self.scale, backend=self.backend)
+        return self.proj(out.permute(0, 2, 3, 1, 4).reshape(n, height, width, c))
 
     def extra_repr(self):
         return (f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, '

@@ -74,6 +74,10 @@ class Downsample(nn.Sequential):
         self.norm = group_norm1(out_channels)
 
 
+# Shared by the four official presets (HAT_Net_tiny/small/medium/large factories).
+_PRESET_COMMON = dict(head_dim=64, expansions=(8, 8, 4, 4), grid_sizes=(8, 7, 7, 1), ds_ratios=(8, 4, 2, 1))
+
+
 @MODELS.register_module()
 class HATNet(BaseModule):
     """HAT-Net backbone with hierarchical multi-head self-attention (H-MHSA).
@@ -119,12 +123,12 @@ class HATNet(BaseModule):
         ceil(W / 2**(i+2))) for i in ``out_indices``.
     """
 
-    _shared = dict(head_dim=64, expansions=(8, 8, 4, 4), grid_sizes=(8, 7, 7, 1), ds_ratios=(8, 4, 2, 1))
     arch_zoo = {
-        'tiny': dict(_shared, dims=(48, 96, 240, 384), head_dim=48, depths=(2, 2, 6, 3), kernel_sizes=(3, 3, 3, 3)),
-        'small': dict(_shared, dims=(64, 128, 320, 512), depths=(2, 3, 8, 3), kernel_sizes=(3, 3, 3, 3)),
-        'medium': dict(_shared, dims=(64, 128, 320, 512), depths=(3, 6, 18, 3), kernel_sizes=(5, 3, 5, 3)),
-        'large': dict(_shared, dims=(64, 128, 320, 640), depths=(3, 8, 27, 3), kernel_sizes=(3, 3, 3, 3)),
+        'tiny': dict(_PRESET_COMMON, dims=(48, 96, 240, 384), head_dim=48, depths=(2, 2, 6, 3),
+                     kernel_sizes=(3, 3, 3, 3)),
+        'small': dict(_PRESET_COMMON, dims=(64, 128, 320, 512), depths=(2, 3, 8, 3), kernel_sizes=(3, 3, 3, 3)),
+        'medium': dict(_PRESET_COMMON, dims=(64, 128, 320, 512), depths=(3, 6, 18, 3), kernel_sizes=(5, 3, 5, 3)),
+        'large': dict(_PRESET_COMMON, dims=(64, 128, 320, 640), depths=(3, 8, 27, 3), kernel_sizes=(3, 3, 3, 3)),
     }
     num_stages = 4
     _per_stage_keys = ('dims', 'depths', 'expansions', 'grid_sizes', 'ds_ratios', 'kernel_sizes')

@@ -1,6 +1,11 @@
 """Official-key to mmsparse-key maps, one function per family."""
+import math
 import re
 from collections import OrderedDict
+
+import torch
+
+from ..layers import resize_pos_embed
 
 # (pattern, replacement) applied in order to every official BiFormer key.
 _BIFORMER_RENAMES = (
@@ -89,4 +94,38 @@ def nat_official_to_mmsparse(state_dict):
             f"{'proj' if m.group(2) == 'reduction' else 'norm'}.", key)
         key = re.sub(r'^levels\.(\d+)\.blocks\.(\d+)\.', r'stages.\1.\2.', key)
         converted[key] = value
+    return converted
+
+
+# timm / DeiT / official Fibottention ViT -> mmsparse.FibottentionViT. The backbone keeps the
+# timm names (the official model is timm 0.9.7's ViT); only the classifier goes, and
+# ``pos_embed`` is resized to the backbone's patch grid.
+_VIT_CLASSIFIER = re.compile(r'^(head|head_dist|fc_norm|pre_logits)\.|^dist_token$')
+
+
+def vit_official_to_mmsparse(state_dict, pos_grid=None):
+    """Map a timm, DeiT or official Fibottention ViT state dict to mmsparse keys.
+
+    Drops ``head.*``, ``head_dist.*``, ``fc_norm.*``, ``pre_logits.*`` and DeiT's
+    ``dist_token`` (and its ``pos_embed`` slot). Idempotent on mmsparse state dicts.
+
+    Args:
+        state_dict (dict): official weights; ``pos_embed`` is (1, 1 + s*s, C) on a
+            square grid unless it already has ``1 + gh*gw`` entries.
+        pos_grid (tuple[int, int], optional): resize ``pos_embed`` bicubically to
+            this (gh, gw) patch grid, the CLS entry kept apart.
+    """
+    converted = OrderedDict((k, v) for k, v in state_dict.items() if not _VIT_CLASSIFIER.match(k))
+    pos = converted.get('pos_embed')
+    if pos is None:
+        return converted
+    if 'dist_token' in state_dict:
+        pos = torch.cat([pos[:, :1], pos[:, 2:]], dim=1)
+    if pos_grid is not None and pos.shape[1] != 1 + pos_grid[0] * pos_grid[1]:
+        side = math.isqrt(pos.shape[1] - 1)
+        if side * side != pos.shape[1] - 1:
+            raise ValueError(f'pos_embed.shape={tuple(pos.shape)} is not a square grid plus CLS; '
+                             f'cannot resize it to pos_grid={tuple(pos_grid)}')
+        pos = resize_pos_embed(pos, (side, side), pos_grid)
+    converted['pos_embed'] = pos
     return converted

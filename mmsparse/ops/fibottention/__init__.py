@@ -133,7 +133,8 @@ def fibottention_pattern(grid_size, num_heads, layer_id=0, layout='1d', shuffle=
             ``'2d'`` (axial: per-axis sets with ``wmax = gh // 3`` and ``gw // 3``).
 
     Returns:
-        FibPattern: unique displacements, both signs of every offset.
+        FibPattern: unique displacements, both signs of every offset. The result
+        is cached and shared: do not modify its tensors in place.
     """
     _check_choice('layout', layout, LAYOUTS)
     gh, gw = (int(s) for s in grid_size)
@@ -149,21 +150,21 @@ def fibottention_pattern(grid_size, num_heads, layer_id=0, layout='1d', shuffle=
         runs_y = fibonacci_offsets(gh, **kwargs)
         runs_x = fibonacci_offsets(gw, **kwargs)
         per_head = [[(d, 0) for d in ry] + [(0, d) for d in rx] for ry, rx in zip(runs_y, runs_x)]
-    tables = []
-    for pairs in per_head:
-        signed = {(s * dy, s * dx) for dy, dx in pairs for s in (1, -1)}
-        tables.append(sorted(signed))
-    width = max(1, max(len(t) for t in tables))
-    displacements = torch.zeros(num_heads, width, 2, dtype=torch.int32)
+    # Both signs of every offset, each displacement once (the modified rule repeats 1).
+    tables = [sorted({(s * dy, s * dx) for dy, dx in pairs for s in (1, -1)}) for pairs in per_head]
+    displacements = torch.zeros(num_heads, max(len(t) for t in tables), 2, dtype=torch.int32)
     for h, table in enumerate(tables):
-        if table:
-            displacements[h, :len(table)] = torch.tensor(table, dtype=torch.int32)
+        displacements[h, :len(table)] = torch.tensor(table, dtype=torch.int32)
     counts = torch.tensor([len(t) for t in tables], dtype=torch.int32)
     return FibPattern(displacements, counts, grid)
 
 
 def fibottention_mask(pattern, with_cls=True):
     """Dense boolean mask of a pattern, for inspection and tests (O(N^2) memory).
+
+    Args:
+        pattern (FibPattern): the layer's pattern on ``N = gh*gw`` patches.
+        with_cls (bool): prepend the CLS row and column.
 
     Returns:
         Tensor: (heads, T, T) bool with ``T = N + with_cls``; True = kept. The CLS
@@ -181,7 +182,7 @@ def fibottention_mask(pattern, with_cls=True):
     return mask
 
 
-def fibottention(q, k, v, pattern, scale=None, mode='sparse', with_cls=True, backend=None):
+def fibottention_attention(q, k, v, pattern, scale=None, mode='sparse', with_cls=True, backend=None):
     """Fibottention: per-head sparse attention over the pattern's kept keys.
 
     Args:
@@ -233,6 +234,6 @@ def _check_inputs(q, k, v, pattern, mode, with_cls):
                          f'{pattern.num_heads} heads')
 
 
-__all__ = ['fibottention', 'fibottention_pattern', 'fibonacci_offsets', 'head_permutation',
+__all__ = ['fibottention_attention', 'fibottention_pattern', 'fibonacci_offsets', 'head_permutation',
            'fibottention_mask', 'neighbor_index', 'fibottention_reference', 'FibPattern', 'MODES',
            'SHUFFLES', 'LAYOUTS']

@@ -64,7 +64,8 @@ def fibottention_reference(q, k, v, pattern, scale, mode='sparse', with_cls=True
         masked = q.shape[2] - slot_kept.sum(-1)                   # n_i: (heads, N)
         kept_sum = (values * slot_kept[..., None]).sum(3)
         rest = (v.sum(2, keepdim=True) - kept_sum) / masked.clamp(min=1)[..., None]
-        logits = torch.cat([logits, masked.to(logits.dtype).log().expand_as(logits[..., 0])[..., None]], -1)
+        uniform_logit = masked.to(logits.dtype).log().expand_as(logits[..., 0])   # log(n_i)
+        logits = torch.cat([logits, uniform_logit[..., None]], dim=-1)
         values = torch.cat([values, rest.unsqueeze(3)], dim=3)
     # Sparse mode without CLS may leave a row with no kept key: output 0, no NaN.
     empty = (logits == float('-inf')).all(-1, keepdim=True)

@@ -43,7 +43,7 @@ def _check_positive_int(name, value):
 
 
 def grid_attention(q, k, v, num_heads, grid_size, scale=None, backend=None):
-    """Local multi-head attention inside non-overlapping ``G x G`` windows (H-MHSA, Eq. 3-4).
+    """Local multi-head attention inside non-overlapping ``G x G`` windows (the H-MHSA local step).
 
     Window ``(i, j)`` covers rows ``[i*G, i*G+G)`` and columns ``[j*G, j*G+G)``. If
     ``G`` does not divide ``H`` or ``W``, the maps are padded at the bottom/right to
@@ -77,7 +77,7 @@ def grid_attention(q, k, v, num_heads, grid_size, scale=None, backend=None):
 
 
 def global_attention(q, k, v, num_heads, scale=None, backend=None):
-    """Every query token against every key token (H-MHSA global step, Eq. 6-7; plain MHSA).
+    """Every query token against every key token (the H-MHSA global step; plain MHSA).
 
     Args:
         q (Tensor): (B, C, H, W) queries.

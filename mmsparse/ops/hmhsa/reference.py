@@ -1,7 +1,7 @@
 """Pure-PyTorch pieces of H-MHSA: the readable specification.
 
 Hierarchical multi-head self-attention (Liu et al., "Vision Transformers with
-Hierarchical Attention", MIR 2024, arXiv 2106.03180, Sec. 3). Maps are NCHW with
+Hierarchical Attention", MIR 2024, arXiv 2106.03180). Maps are NCHW with
 head-major channels (``channel = head * head_dim + j``), as in the official model.
 
 Local step: non-overlapping ``G x G`` windows (row-major blocks, tokens row-major

@@ -16,9 +16,12 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
     does it the way the checkpoints were trained).
 
     Args:
-        q, k, v (Tensor): (B, heads, H, W, hd) float, same shape, dtype and device;
-            ``H, W >= kernel_size * dilation``. Any ``hd`` (the Triton kernels are
-            tuned for 16/32/64/128).
+        q (Tensor): (B, heads, Hq, Wq, hd) float: the queries at the top-left
+            ``Hq x Wq`` corner of the map (``Hq <= H``, ``Wq <= W``; usually the whole
+            map). Only these outputs are computed, e.g. the un-padded part of a
+            padded map. Any ``hd`` (the Triton kernels are tuned for 16/32/64/128).
+        k, v (Tensor): (B, heads, H, W, hd), same dtype and device;
+            ``H, W >= kernel_size * dilation``.
         kernel_size (int): odd window size ``k > 1``.
         dilation (int): dilation ``d >= 1``, the same on both axes.
         rpb (Tensor, optional): (heads, 2k-1, 2k-1) relative positional bias,
@@ -28,7 +31,7 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
             :func:`mmsparse.ops._dispatch.resolve_backend`.
 
     Returns:
-        Tensor: (B, heads, H, W, hd), dtype of ``v``.
+        Tensor: (B, heads, Hq, Wq, hd), dtype of ``v``.
     """
     _check_inputs(q, k, v, kernel_size, dilation, rpb)
     if scale is None:
@@ -42,14 +45,16 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
 
 
 def _check_inputs(q, k, v, kernel_size, dilation, rpb):
-    if q.dim() != 5 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f'q, k, v must be (B, heads, H, W, hd) maps of the same shape; got q '
-                         f'{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}')
+    if (q.dim() != 5 or k.shape != v.shape or k.dim() != 5 or q.shape[:2] != k.shape[:2]
+            or q.shape[4] != k.shape[4] or q.shape[2] > k.shape[2] or q.shape[3] > k.shape[3]):
+        raise ValueError(f'k and v must be (B, heads, H, W, hd) maps of the same shape and q a '
+                         f'(B, heads, Hq, Wq, hd) map with Hq <= H, Wq <= W; got q {tuple(q.shape)}, '
+                         f'k {tuple(k.shape)}, v {tuple(v.shape)}')
     if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
         raise ValueError(f'kernel_size={kernel_size!r} must be an odd int >= 3')
     if not isinstance(dilation, int) or dilation < 1:
         raise ValueError(f'dilation={dilation!r} must be an int >= 1')
-    height, width = q.shape[2:4]
+    height, width = k.shape[2:4]
     window = kernel_size * dilation
     if height < window or width < window:
         raise ValueError(f'the map size {height}x{width} must be at least kernel_size * dilation = '

@@ -43,30 +43,47 @@ def neighborhood_indices(length, kernel_size, dilation, device=None):
 
 
 def _gather_neighbors(x, rows, cols):
-    """(B, heads, H, W, C) -> (B, heads, H, W, k, k, C): the neighbours of every query."""
-    return x[:, :, rows[:, None, :, None], cols[None, :, None, :]]
+    """(B, heads, H, W, C) -> (B, heads, Hq, k, Wq, k, C): the neighbours of every query.
+
+    ``rows`` (Hq, k) and ``cols`` (Wq, k) come from :func:`neighborhood_indices`. Two
+    ``index_select`` calls (their backward is a fast ``index_add``) instead of one
+    broadcast advanced index.
+    """
+    (num_rows, kernel_size), num_cols = rows.shape, cols.shape[0]
+    x = x.index_select(2, rows.flatten()).index_select(3, cols.flatten())
+    return x.unflatten(3, (num_cols, kernel_size)).unflatten(2, (num_rows, kernel_size))
+
+
+def _query_indices(q, k, kernel_size, dilation):
+    """Neighbour and bias indices of the ``Hq x Wq`` queries on the ``H x W`` key map."""
+    (num_rows, num_cols), (height, width) = q.shape[2:4], k.shape[2:4]
+    rows, bias_rows = neighborhood_indices(height, kernel_size, dilation, q.device)
+    cols, bias_cols = neighborhood_indices(width, kernel_size, dilation, q.device)
+    return rows[:num_rows], bias_rows[:num_rows], cols[:num_cols], bias_cols[:num_cols]
 
 
 def na2d_logits_reference(q, k, kernel_size, dilation, rpb, scale):
     """The pre-softmax logits ``scale * q.k + rpb`` of every query and neighbour.
 
     Args:
-        q, k (Tensor): (B, heads, H, W, hd), with ``H, W >= kernel_size * dilation``.
+        q (Tensor): (B, heads, Hq, Wq, hd): the queries at the top-left ``Hq x Wq``
+            corner of the map (``Hq = H``, ``Wq = W`` for all of them).
+        k (Tensor): (B, heads, H, W, hd), with ``H, W >= kernel_size * dilation``.
         kernel_size (int): odd window size ``k``.
         dilation (int): dilation ``d >= 1``.
         rpb (Tensor | None): (heads, 2k-1, 2k-1) relative positional bias.
         scale (float): multiplies ``q`` before the dot product.
 
     Returns:
-        Tensor: (B, heads, H, W, k*k), neighbour ``t = ti*k + tj`` (NATTEN's
+        Tensor: (B, heads, Hq, Wq, k*k), neighbour ``t = ti*k + tj`` (NATTEN's
         ``natten2dqkrpb`` layout).
     """
-    height, width = q.shape[2:4]
-    rows, bias_rows = neighborhood_indices(height, kernel_size, dilation, q.device)
-    cols, bias_cols = neighborhood_indices(width, kernel_size, dilation, q.device)
-    logits = torch.einsum('bnhwc,bnhwijc->bnhwij', q * scale, _gather_neighbors(k, rows, cols))
+    rows, bias_rows, cols, bias_cols = _query_indices(q, k, kernel_size, dilation)
+    logits = torch.einsum('bnhwc,bnhiwjc->bnhwij', q * scale, _gather_neighbors(k, rows, cols))
     if rpb is not None:
-        logits = logits + rpb[:, bias_rows[:, None, :, None], bias_cols[None, :, None, :]]
+        bias = rpb.index_select(1, bias_rows.flatten()).index_select(2, bias_cols.flatten())
+        bias = bias.unflatten(2, (cols.shape[0], kernel_size)).unflatten(1, (rows.shape[0], kernel_size))
+        logits = logits + bias.permute(0, 1, 3, 2, 4)
     return logits.flatten(-2)
 
 
@@ -74,15 +91,14 @@ def na2d_reference(q, k, v, kernel_size, dilation, rpb, scale):
     """Neighborhood attention over heads-first maps, by gathering the neighbours.
 
     Args:
-        q, k, v (Tensor): (B, heads, H, W, hd), with ``H, W >= kernel_size * dilation``.
+        q (Tensor): (B, heads, Hq, Wq, hd), see :func:`na2d_logits_reference`.
+        k, v (Tensor): (B, heads, H, W, hd), with ``H, W >= kernel_size * dilation``.
         kernel_size, dilation, rpb, scale: see :func:`na2d_logits_reference`.
 
     Returns:
-        Tensor: (B, heads, H, W, hd).
+        Tensor: (B, heads, Hq, Wq, hd).
     """
-    height, width = q.shape[2:4]
-    rows, _ = neighborhood_indices(height, kernel_size, dilation, q.device)
-    cols, _ = neighborhood_indices(width, kernel_size, dilation, q.device)
+    rows, _, cols, _ = _query_indices(q, k, kernel_size, dilation)
     attn = na2d_logits_reference(q, k, kernel_size, dilation, rpb, scale).softmax(dim=-1)
     attn = attn.unflatten(-1, (kernel_size, kernel_size))
-    return torch.einsum('bnhwij,bnhwijc->bnhwc', attn, _gather_neighbors(v, rows, cols))
+    return torch.einsum('bnhwij,bnhiwjc->bnhwc', attn, _gather_neighbors(v, rows, cols))

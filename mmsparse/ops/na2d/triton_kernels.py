@@ -11,7 +11,9 @@ Layout used by the kernels
 --------------------------
 * ``q``, ``k``, ``v``, ``out``: (B, heads, H, W, hd), any strides (e.g. the
   permuted view of a fused ``qkv`` projection; nothing is copied).
-* Query ``m`` of a program is token ``m`` of the row-major ``H x W`` map.
+* ``q`` may cover only the top-left ``Hq x Wq`` corner of the ``H x W`` key map
+  (the attention module's pad-then-crop path computes only the queries it keeps);
+  query ``m`` of a program is token ``m`` of the row-major ``Hq x Wq`` grid.
 * Neighbour ``t = ti*k + tj`` of query ``(i, j)`` is the key at
   ``(row_start(i) + ti*d, col_start(j) + tj*d)``; its bias is
   ``rpb[head, row_bias(i) + ti, col_bias(j) + tj]``. ``*_start`` and ``*_bias``
@@ -19,7 +21,7 @@ Layout used by the kernels
   (:func:`_window`), identical to
   :func:`mmsparse.ops.na2d.reference.neighborhood_indices`.
 
-Grid (forward and backward): ``(B * heads, cdiv(H*W, BLOCK_M))``.
+Grid (forward and backward): ``(B * heads, cdiv(Hq*Wq, BLOCK_M))``.
 
 The backward is one kernel: per query block it recomputes ``p``, forms ``dq``
 directly (each query is owned by one program), and scatters ``dk``, ``dv`` (into
@@ -58,7 +60,7 @@ def _na2d_fwd_kernel(
         stride_vb, stride_vn, stride_vh, stride_vw, stride_vc,
         stride_ob, stride_on, stride_oh, stride_ow, stride_oc,
         stride_rn, stride_rh, stride_rw,
-        num_heads, height, width, dilation,
+        num_heads, q_height, q_width, height, width, dilation,
         HEAD_DIM: tl.constexpr, KERNEL: tl.constexpr, HAS_RPB: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr):
     """out = softmax(scale * q.k_t + rpb_t) . v_t over the k*k neighbours; stores LSE (natural log)."""
@@ -68,9 +70,9 @@ def _na2d_fwd_kernel(
     scale = tl.load(SCALE).to(ACC_DTYPE)
 
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < height * width
-    row = offs_m // width
-    col = offs_m % width
+    mask_m = offs_m < q_height * q_width
+    row = offs_m // q_width
+    col = offs_m % q_width
     row_start, row_bias = _window(row, height, KERNEL, dilation)
     col_start, col_bias = _window(col, width, KERNEL, dilation)
     offs_d = tl.arange(0, BLOCK_D)
@@ -103,7 +105,7 @@ def _na2d_fwd_kernel(
     acc = acc / l_i[:, None]
     tl.store(O + b * stride_ob + head * stride_on + row[:, None] * stride_oh + col[:, None] * stride_ow
              + offs_d[None, :] * stride_oc, acc.to(O.dtype.element_ty), mask=mask)
-    tl.store(LSE + pid_bn.to(tl.int64) * height * width + offs_m, m_i + tl.log(l_i), mask=mask_m)
+    tl.store(LSE + pid_bn.to(tl.int64) * q_height * q_width + offs_m, m_i + tl.log(l_i), mask=mask_m)
 
 
 @triton.jit
@@ -115,13 +117,13 @@ def _na2d_bwd_kernel(
         stride_ob, stride_on, stride_oh, stride_ow, stride_oc,
         stride_dob, stride_don, stride_doh, stride_dow, stride_doc,
         stride_rn, stride_rh, stride_rw,
-        num_heads, height, width, dilation,
+        num_heads, q_height, q_width, height, width, dilation,
         HEAD_DIM: tl.constexpr, KERNEL: tl.constexpr, HAS_RPB: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr):
     """dq (stored), dk, dv, d_rpb (atomically added) for a block of queries.
 
-    ``DQ``, ``DK``, ``DV`` are contiguous (B, heads, H, W, hd) buffers of the
-    accumulator dtype, ``DRPB`` a contiguous (heads, 2k-1, 2k-1) one.
+    ``DQ`` (B, heads, Hq, Wq, hd), ``DK``, ``DV`` (B, heads, H, W, hd) and ``DRPB``
+    (heads, 2k-1, 2k-1) are contiguous buffers of the accumulator dtype.
     """
     pid_bn = tl.program_id(0)
     b = (pid_bn // num_heads).to(tl.int64)
@@ -130,9 +132,9 @@ def _na2d_bwd_kernel(
     table = 2 * KERNEL - 1
 
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < height * width
-    row = offs_m // width
-    col = offs_m % width
+    mask_m = offs_m < q_height * q_width
+    row = offs_m // q_width
+    col = offs_m % q_width
     row_start, row_bias = _window(row, height, KERNEL, dilation)
     col_start, col_bias = _window(col, width, KERNEL, dilation)
     offs_d = tl.arange(0, BLOCK_D)
@@ -141,14 +143,16 @@ def _na2d_bwd_kernel(
     q = tl.load(Q + b * stride_qb + head * stride_qn + row[:, None] * stride_qh + col[:, None] * stride_qw
                 + offs_d[None, :] * stride_qc, mask=mask, other=0.0).to(ACC_DTYPE) * scale
     do = tl.load(DO + b * stride_dob + head * stride_don + row[:, None] * stride_doh
-                 + col[:, None] * stride_dow + offs_d[None, :] * stride_doc, mask=mask, other=0.0).to(ACC_DTYPE)
+                 + col[:, None] * stride_dow + offs_d[None, :] * stride_doc,
+                 mask=mask, other=0.0).to(ACC_DTYPE)
     o = tl.load(O + b * stride_ob + head * stride_on + row[:, None] * stride_oh + col[:, None] * stride_ow
                 + offs_d[None, :] * stride_oc, mask=mask, other=0.0).to(ACC_DTYPE)
     delta = tl.sum(do * o, 1)
-    lse = tl.load(LSE + pid_bn.to(tl.int64) * height * width + offs_m, mask=mask_m, other=0.0)
+    lse = tl.load(LSE + pid_bn.to(tl.int64) * q_height * q_width + offs_m, mask=mask_m, other=0.0)
 
-    # Gradient buffers are contiguous (B, heads, H, W, hd): token offset * HEAD_DIM + channel.
-    grad_base = (pid_bn.to(tl.int64) * height * width) * HEAD_DIM + offs_d[None, :]
+    # Gradient buffers are contiguous (B, heads, H, W, hd) (DQ: Hq x Wq): token * HEAD_DIM + channel.
+    key_grad_base = (pid_bn.to(tl.int64) * height * width) * HEAD_DIM + offs_d[None, :]
+    query_grad_base = (pid_bn.to(tl.int64) * q_height * q_width) * HEAD_DIM + offs_d[None, :]
     k_base = K + b * stride_kb + head * stride_kn + offs_d[None, :] * stride_kc
     v_base = V + b * stride_vb + head * stride_vn + offs_d[None, :] * stride_vc
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_DTYPE)
@@ -161,20 +165,20 @@ def _na2d_bwd_kernel(
             vt = tl.load(v_base + key_row[:, None] * stride_vh + key_col[:, None] * stride_vw,
                          mask=mask, other=0.0).to(ACC_DTYPE)
             s = tl.sum(q * kt, 1)
-            bias_offs = head * table * table + (row_bias + ti) * table + (col_bias + tj)
             if HAS_RPB:
                 s += tl.load(RPB + head * stride_rn + (row_bias + ti) * stride_rh
                              + (col_bias + tj) * stride_rw, mask=mask_m, other=0.0).to(ACC_DTYPE)
             p = tl.where(mask_m, tl.exp(s - lse), 0.0)
             ds = p * (tl.sum(do * vt, 1) - delta)
             dq += ds[:, None] * kt
-            key_offs = grad_base + (key_row * width + key_col)[:, None] * HEAD_DIM
+            key_offs = key_grad_base + (key_row * width + key_col)[:, None] * HEAD_DIM
             tl.atomic_add(DK + key_offs, ds[:, None] * q, mask=mask)
             tl.atomic_add(DV + key_offs, p[:, None] * do, mask=mask)
             if HAS_RPB:
+                bias_offs = head * table * table + (row_bias + ti) * table + (col_bias + tj)
                 tl.atomic_add(DRPB + bias_offs, ds, mask=mask_m)
 
-    tl.store(DQ + grad_base + offs_m[:, None] * HEAD_DIM, dq * scale, mask=mask)
+    tl.store(DQ + query_grad_base + offs_m[:, None] * HEAD_DIM, dq * scale, mask=mask)
 
 
 def _block_config(tokens, head_dim):
@@ -209,19 +213,21 @@ class _NA2dTritonFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, rpb, kernel_size, dilation, scale):
-        batch, heads, height, width, head_dim = q.shape
+        batch, heads, q_height, q_width, head_dim = q.shape
+        height, width = k.shape[2:4]
         acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        cfg = _block_config(height * width, head_dim)
+        cfg = _block_config(q_height * q_width, head_dim)
         scale_t = torch.tensor([scale], dtype=acc_dtype, device=q.device)
         has_rpb = rpb is not None
         rpb_arg = rpb if has_rpb else q
-        out = torch.empty(q.shape, dtype=v.dtype, device=q.device)
-        lse = torch.empty((batch * heads, height * width), dtype=acc_dtype, device=q.device)
-        grid = (batch * heads, triton.cdiv(height * width, cfg['BLOCK_M']))
+        out = torch.empty(q.shape[:4] + v.shape[4:], dtype=v.dtype, device=q.device)
+        lse = torch.empty((batch * heads, q_height * q_width), dtype=acc_dtype, device=q.device)
+        grid = (batch * heads, triton.cdiv(q_height * q_width, cfg['BLOCK_M']))
         rpb_strides = rpb.stride() if has_rpb else (0, 0, 0)
         _na2d_fwd_kernel[grid](
             q, k, v, rpb_arg, out, lse, scale_t, *_strides(q, k, v, out), *rpb_strides,
-            heads, height, width, dilation, HEAD_DIM=head_dim, KERNEL=kernel_size, HAS_RPB=has_rpb,
+            heads, q_height, q_width, height, width, dilation, HEAD_DIM=head_dim, KERNEL=kernel_size,
+            HAS_RPB=has_rpb,
             ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32, **cfg)
         ctx.save_for_backward(q, k, v, rpb_arg, out, lse, scale_t)
         ctx.na = (kernel_size, dilation, has_rpb, cfg)
@@ -232,17 +238,20 @@ class _NA2dTritonFunction(torch.autograd.Function):
     def backward(ctx, d_out):
         q, k, v, rpb_arg, out, lse, scale_t = ctx.saved_tensors
         kernel_size, dilation, has_rpb, cfg = ctx.na
-        batch, heads, height, width, head_dim = q.shape
+        batch, heads, q_height, q_width, head_dim = q.shape
+        height, width = k.shape[2:4]
         acc_dtype = lse.dtype
-        dq, dk, dv = (torch.zeros(q.shape, dtype=acc_dtype, device=q.device) for _ in range(3))
+        dq = torch.empty(q.shape, dtype=acc_dtype, device=q.device)
+        dk, dv = (torch.zeros(k.shape, dtype=acc_dtype, device=q.device) for _ in range(2))
         table = 2 * kernel_size - 1
         d_rpb = torch.zeros((heads, table, table), dtype=acc_dtype, device=q.device)
         rpb_strides = rpb_arg.stride() if has_rpb else (0, 0, 0)
-        grid = (batch * heads, triton.cdiv(height * width, cfg['BLOCK_M']))
+        grid = (batch * heads, triton.cdiv(q_height * q_width, cfg['BLOCK_M']))
         _na2d_bwd_kernel[grid](
             q, k, v, rpb_arg, out, d_out, lse, scale_t, dq, dk, dv, d_rpb,
             *_strides(q, k, v, out, d_out), *rpb_strides,
-            heads, height, width, dilation, HEAD_DIM=head_dim, KERNEL=kernel_size, HAS_RPB=has_rpb,
+            heads, q_height, q_width, height, width, dilation, HEAD_DIM=head_dim, KERNEL=kernel_size,
+            HAS_RPB=has_rpb,
             ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32, **cfg)
         d_rpb = d_rpb.to(rpb_arg.dtype) if has_rpb else None
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), d_rpb, None, None, None
@@ -256,15 +265,17 @@ def na2d_triton(q, k, v, kernel_size, dilation, rpb, scale):
     checked by :func:`mmsparse.ops.neighborhood_attention_2d`.
 
     Args:
-        q, k, v (Tensor): (B, heads, H, W, hd) float16/bfloat16/float32/float64,
-            any strides; ``H, W >= kernel_size * dilation``.
+        q (Tensor): (B, heads, Hq, Wq, hd) float16/bfloat16/float32/float64, the
+            queries at the top-left corner of the map, any strides.
+        k, v (Tensor): (B, heads, H, W, hd), same dtype, any strides;
+            ``H, W >= kernel_size * dilation``, ``Hq <= H``, ``Wq <= W``.
         kernel_size (int): odd window size ``k``.
         dilation (int): dilation ``d``.
         rpb (Tensor | None): (heads, 2k-1, 2k-1), same dtype.
         scale (float): multiplies ``q``.
 
     Returns:
-        Tensor: (B, heads, H, W, hd) contiguous, differentiable w.r.t. q, k, v and
+        Tensor: (B, heads, Hq, Wq, hd) contiguous, differentiable w.r.t. q, k, v and
         rpb (first order).
     """
     _validate(q, k, v, rpb)

@@ -1,0 +1,260 @@
+from functools import partial
+
+import torch
+import torch.utils.checkpoint as cp
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmsparse.registry import MODELS
+from ..attentions import FibottentionAttention
+from ..layers import DropPath, FeatureRescale, Mlp, PatchEmbed, drop_path_rates, resize_pos_embed
+from ..utils import load_pretrained_weights, vit_official_to_mmsparse
+
+
+class FibottentionBlock(nn.Module):
+    """Pre-norm ViT block, ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``.
+
+    Shape:
+        (B, 1 + gh*gw, C), grid (gh, gw) -> (B, 1 + gh*gw, C)
+    """
+
+    def __init__(self, embed_dims, num_heads, mlp_ratio, drop_path, with_cp, **attn_kwargs):
+        super().__init__()
+        self.with_cp = with_cp
+        self.norm1 = nn.LayerNorm(embed_dims, eps=1e-6)
+        self.attn = FibottentionAttention(embed_dims, num_heads, **attn_kwargs)
+        self.norm2 = nn.LayerNorm(embed_dims, eps=1e-6)
+        self.mlp = Mlp(embed_dims, int(mlp_ratio * embed_dims))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def _forward(self, x, grid_size):
+        x = x + self.drop_path(self.attn(self.norm1(x), grid_size))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward(self, x, grid_size):
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._forward, x, grid_size, use_reentrant=False)
+        return self._forward(x, grid_size)
+
+
+@MODELS.register_module()
+class FibottentionViT(BaseModule):
+    """Plain ViT with Fibottention in every block, for dense prediction.
+
+    Rahimian et al., "Fibottention: Inceptive Visual Representation Learning with
+    Diverse Attention Across Heads", arXiv 2406.19391. The encoder is the
+    official model (timm 0.9.7 ViT: CLS token, learned absolute position
+    embedding, pre-norm blocks, LayerNorm eps 1e-6, qkv bias, GELU MLP) with the
+    same parameter names, so timm/DeiT/official checkpoints load as they are.
+    Block ``i`` uses layer seed ``i`` for the head shuffle. The CLS token stays in
+    the sequence, so the official mask semantics hold at every input size; the
+    position embedding is resized bicubically to the patch grid (CLS apart), and
+    inputs are zero-padded at the bottom/right to a multiple of the patch size.
+
+    Multi-scale outputs follow the simple feature pyramid of ViTDet / BEiT
+    segmentation: the patch tokens of the blocks in ``out_indices`` are reshaped
+    to stride-``patch_size`` maps and resampled by ``out_scales`` (4, 2, 1, 0.5
+    give strides 4/8/16/32 with 16x16 patches), so stock FPN / UperNet heads
+    apply unchanged.
+
+    Args:
+        arch (str | dict): ``'tiny'``, ``'small'``, ``'base'``, ``'large'`` (DeiT-T/S,
+            ViT-B/L) or a dict with ``embed_dims``, ``num_layers``, ``num_heads``,
+            ``mlp_ratio``.
+        img_size (int | tuple[int, int]): pretraining size; sets the stored
+            position-embedding grid (``img_size // patch_size``).
+        patch_size (int): patch side.
+        in_channels (int): image channels.
+        attention (str): ``'fibottention'`` or ``'dense'`` (the dense ViT baseline:
+            the only change is the attention).
+        attn_mode (str): ``'sparse'`` (masked logits -inf; for new training) or
+            ``'official'`` (masked logits 0, reproduces the official model).
+        shuffle (str): ``'per_layer'`` (seed = block index, the paper and the
+            official evaluation), ``'shared'`` (every block uses the layer-0
+            shuffle, the official training path) or ``'none'``.
+        offset_layout (str): ``'1d'`` (official offsets on the flattened patch
+            index) or ``'2d'`` (axial offsets along rows and columns; ablation).
+        qkv_bias (bool): bias of the qkv projections.
+        out_indices (Sequence[int], optional): blocks whose patch tokens are
+            returned; default the ends of the four quarters of the depth.
+        out_scales (Sequence[float]): resampling per output, each in
+            ``(4, 2, 1, 0.5)``; same length as ``out_indices``.
+        final_norm (bool): apply the final LayerNorm (``norm``) after the last block.
+        frozen_stages (int): -1 freezes nothing; ``k >= 0`` freezes the patch
+            embedding, CLS token and position embedding plus blocks ``0..k-1``.
+        norm_eval (bool): keep BatchNorm layers (if any) in eval mode in training.
+        with_cp (bool): activation checkpointing per block.
+        drop_path_rate (float): stochastic depth, linear over blocks.
+        backend (str, optional): Fibottention op backend (``'auto'``, ``'torch'``,
+            ``'triton'``).
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH)`` loads
+            a timm/DeiT/official/mmsparse checkpoint: the classifier is dropped,
+            ``pos_embed`` resized, and any other missing or unexpected key is an
+            error (the pyramid layers are new and keep their init).
+
+    Shape:
+        (B, in_channels, H, W) -> tuple of (B, C, s*gh, s*gw) for each
+        ``(i, s)`` in ``zip(out_indices, out_scales)``, with gh = ceil(H / patch_size),
+        gw = ceil(W / patch_size) (ceil for s = 0.5).
+    """
+
+    arch_zoo = {
+        'tiny': dict(embed_dims=192, num_layers=12, num_heads=3, mlp_ratio=4),
+        'small': dict(embed_dims=384, num_layers=12, num_heads=6, mlp_ratio=4),
+        'base': dict(embed_dims=768, num_layers=12, num_heads=12, mlp_ratio=4),
+        'large': dict(embed_dims=1024, num_layers=24, num_heads=16, mlp_ratio=4),
+    }
+
+    def __init__(self,
+                 arch='base',
+                 img_size=224,
+                 patch_size=16,
+                 in_channels=3,
+                 attention='fibottention',
+                 attn_mode='sparse',
+                 shuffle='per_layer',
+                 offset_layout='1d',
+                 qkv_bias=True,
+                 out_indices=None,
+                 out_scales=(4, 2, 1, 0.5),
+                 final_norm=True,
+                 frozen_stages=-1,
+                 norm_eval=False,
+                 with_cp=False,
+                 drop_path_rate=0.,
+                 backend=None,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        arch = self._parse_arch(arch)
+        dims, depth = arch['embed_dims'], arch['num_layers']
+        self.embed_dims, self.num_layers = dims, depth
+        self.out_indices = self._parse_out_indices(out_indices, depth)
+        if len(out_scales) != len(self.out_indices):
+            raise ValueError(f'out_scales={out_scales} must have one entry per out_indices='
+                             f'{self.out_indices}')
+        if not -1 <= frozen_stages <= depth:
+            raise ValueError(f'frozen_stages={frozen_stages} must be in [-1, {depth}]')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.pos_grid = (img_size[0] // patch_size, img_size[1] // patch_size)
+
+        self.patch_embed = PatchEmbed(in_channels, dims, patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dims))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.pos_grid[0] * self.pos_grid[1], dims))
+        rates = drop_path_rates(drop_path_rate, [depth])[0]
+        self.blocks = nn.ModuleList([
+            FibottentionBlock(dims, arch['num_heads'], arch['mlp_ratio'], rates[i], with_cp,
+                              layer_id=i, attention=attention, mode=attn_mode, shuffle=shuffle,
+                              offset_layout=offset_layout, qkv_bias=qkv_bias, backend=backend)
+            for i in range(depth)
+        ])
+        self.norm = nn.LayerNorm(dims, eps=1e-6) if final_norm else nn.Identity()
+        self.rescales = nn.ModuleList([FeatureRescale(dims, s) for s in out_scales])
+
+        trunc_normal_(self.pos_embed, std=.02)
+        trunc_normal_(self.cls_token, std=.02)
+        self.apply(self._init_layer)
+        self._freeze_stages()
+
+    def _parse_arch(self, arch):
+        if isinstance(arch, str):
+            if arch not in self.arch_zoo:
+                raise ValueError(f'arch={arch!r} is not a FibottentionViT preset; choose one of '
+                                 f'{sorted(self.arch_zoo)} or pass a dict')
+            return self.arch_zoo[arch]
+        if not isinstance(arch, dict):
+            raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
+        required = {'embed_dims', 'num_layers', 'num_heads', 'mlp_ratio'}
+        if set(arch) != required:
+            raise ValueError(f'arch={arch} must have exactly the keys {sorted(required)}')
+        if arch['embed_dims'] % arch['num_heads']:
+            raise ValueError(f"arch['num_heads']={arch['num_heads']} must divide "
+                             f"arch['embed_dims']={arch['embed_dims']}")
+        return arch
+
+    @staticmethod
+    def _parse_out_indices(out_indices, depth):
+        if out_indices is None:
+            return tuple(depth * q // 4 - 1 for q in range(1, 5))
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        out_indices = tuple(i + depth if -depth <= i < 0 else i for i in out_indices)
+        for i in out_indices:
+            if not 0 <= i < depth:
+                raise ValueError(f'out_indices={out_indices} must be in [0, {depth - 1}]')
+        return out_indices
+
+    @staticmethod
+    def _init_layer(m):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def init_weights(self):
+        if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
+            super().init_weights()
+            return
+        load_pretrained_weights(
+            self,
+            self.init_cfg['checkpoint'],
+            # The conversion is idempotent, so every checkpoint goes through it: it drops
+            # a classifier if there is one and resizes pos_embed to this model's grid.
+            convert=partial(vit_official_to_mmsparse, pos_grid=self.pos_grid),
+            is_official=lambda state_dict: True,
+            prefix=self.init_cfg.get('prefix'),
+            strict=self.init_cfg.get('strict', True),
+            # The pyramid layers do not exist in classification checkpoints.
+            tolerated_keys=(r'^rescales\.', ))
+        self._is_init = True
+
+    def _freeze_stages(self):
+        if self.frozen_stages < 0:
+            return
+        self.cls_token.requires_grad = False
+        self.pos_embed.requires_grad = False
+        for module in [self.patch_embed, *self.blocks[:self.frozen_stages]]:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    def forward_tokens(self, x):
+        """All tokens after the last block (and ``norm``): (B, 1 + gh*gw, C), CLS first."""
+        return self._encode(x)[0]
+
+    def _encode(self, x):
+        """Run the encoder: final tokens, patch grid, tokens of each ``out_indices`` block."""
+        x, grid = self.patch_embed(x)
+        pos = resize_pos_embed(self.pos_embed, self.pos_grid, grid)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos
+        taken = {}
+        for i, block in enumerate(self.blocks):
+            x = block(x, grid)
+            if i == self.num_layers - 1:
+                x = self.norm(x)
+            if i in self.out_indices:
+                taken[i] = x
+        return x, grid, [taken[i] for i in self.out_indices]
+
+    def forward(self, x):
+        _, (gh, gw), taken = self._encode(x)
+        outs = []
+        for tokens, rescale in zip(taken, self.rescales):
+            patch_map = tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], self.embed_dims, gh, gw)
+            outs.append(rescale(patch_map).contiguous())
+        return tuple(outs)

@@ -1,0 +1,255 @@
+"""2-D neighborhood attention: the reference vs the official NATTEN 0.14.4 fixture, the
+Triton kernels vs the reference, the window rules, and dispatch.
+
+Without a GPU the Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``
+is set before triton is first imported; see ``tests/test_ops/test_bra.py``), so the
+shapes are tiny. They cover maps exactly ``k*d`` wide, non-square maps, dilations
+1-3 with unequal residue classes, head dims 8/16/32/64/128, several query blocks
+per program grid, strided inputs, no rpb, and fp64/fp32/fp16/bf16.
+
+Tolerances: float64 atol 1e-10 / rtol 1e-8 (fixture and kernel); float32 atol 2e-5 /
+rtol 1e-4 (as ``fixtures/official/nat.md``).
+"""
+import os
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU and 'triton' not in sys.modules:
+    os.environ['TRITON_INTERPRET'] = '1'
+
+import pytest  # noqa: E402
+
+import mmsparse.ops.na2d as na2d_pkg  # noqa: E402
+from mmsparse.ops import neighborhood_attention_2d  # noqa: E402
+from mmsparse.ops._dispatch import ENV_VAR, triton_available  # noqa: E402
+from mmsparse.ops.na2d import na2d_logits_reference, na2d_reference, neighborhood_indices  # noqa: E402
+from ..conftest import REPO_ROOT  # noqa: E402
+from .test_bra import needs_kernels, needs_triton  # noqa: E402
+
+DEVICE = 'cuda' if ON_GPU else 'cpu'
+F64_TOL = dict(atol=1e-10, rtol=1e-8)
+F32_TOL = dict(atol=2e-5, rtol=1e-4)
+FIXTURE_CASES = ['d1_7x11', 'd2_13x10', 'd1_5x9', 'd3_16x15']
+
+
+@pytest.fixture(autouse=True)
+def no_backend_env(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+@pytest.fixture(scope='module')
+def op_fixture(load_official):
+    return load_official('nat_op.pt')
+
+
+def _forward_backward(fn, tensors, grad_out):
+    """Run ``fn(q, k, v, rpb)`` on fresh leaves; return the output and the 4 gradients."""
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    wrt = [t for t in leaves if t is not None]
+    grads = torch.autograd.grad(out, wrt, grad_out)
+    return out.detach(), grads
+
+
+# ----------------------------------------------------------------------------- window rules
+
+def test_window_rules_worked_example():
+    """docs/nat.md 1.2: rows, k=5, d=2, L=13 (residue classes of 7 and 6 entries)."""
+    neighbors, bias = neighborhood_indices(13, 5, 2)
+    assert neighbors[12].tolist() == [4, 6, 8, 10, 12] and bias[12].tolist() == [0, 1, 2, 3, 4]
+    assert neighbors[11].tolist() == [3, 5, 7, 9, 11] and bias[11].tolist() == [0, 1, 2, 3, 4]
+    assert neighbors[1].tolist() == [1, 3, 5, 7, 9] and bias[1].tolist() == [4, 5, 6, 7, 8]
+    assert neighbors[6].tolist() == [2, 4, 6, 8, 10] and bias[6].tolist() == [2, 3, 4, 5, 6]  # centred
+
+
+def test_dilation_equals_undilated_na_on_subgrids():
+    """Dilated NA = undilated NA (same rpb) on each of the d x d sub-grids x[a::d, b::d]."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 11, 13, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    rpb = torch.randn(2, 5, 5, generator=gen, dtype=torch.float64)
+    out = na2d_reference(q, k, v, 3, 3, rpb, 0.5)
+    for a in range(3):
+        for b in range(3):
+            sub = [t[:, :, a::3, b::3] for t in (q, k, v)]
+            torch.testing.assert_close(out[:, :, a::3, b::3], na2d_reference(*sub, 3, 1, rpb, 0.5), **F64_TOL)
+
+
+# ----------------------------------------------------------------------------- official fixture
+
+def _fixture_case(fixture, case):
+    get = lambda name: fixture[f'{case}.{name}']  # noqa: E731
+    return get, (get('q'), get('k'), get('v'), get('rpb')), get('dilation')
+
+
+@pytest.mark.parametrize('case', FIXTURE_CASES)
+def test_reference_matches_official_fixture(op_fixture, case):
+    get, tensors, dilation = _fixture_case(op_fixture, case)
+    ks, scale = op_fixture['kernel_size'], op_fixture['scale']
+    torch.testing.assert_close(na2d_logits_reference(tensors[0], tensors[1], ks, dilation, tensors[3], scale),
+                               get('logits'), **F64_TOL)
+    out, grads = _forward_backward(lambda *t: neighborhood_attention_2d(*t[:3], ks, dilation, t[3], scale),
+                                   tensors, get('grad_out'))
+    torch.testing.assert_close(out, get('out'), **F64_TOL)
+    for name, grad in zip(('grad_q', 'grad_k', 'grad_v', 'grad_rpb'), grads):
+        torch.testing.assert_close(grad, get(name), **F64_TOL, msg=lambda m, name=name: f'{name}: {m}')
+
+
+@needs_kernels
+@pytest.mark.parametrize('case', ['d1_7x11', 'd3_16x15'])
+def test_triton_matches_official_fixture(op_fixture, case):
+    get, tensors, dilation = _fixture_case(op_fixture, case)
+    ks, scale = op_fixture['kernel_size'], op_fixture['scale']
+    out, grads = _forward_backward(
+        lambda *t: neighborhood_attention_2d(*t[:3], ks, dilation, t[3], scale, backend='triton'),
+        [t.to(DEVICE) for t in tensors], get('grad_out').to(DEVICE))
+    torch.testing.assert_close(out.cpu(), get('out'), **F64_TOL)
+    for name, grad in zip(('grad_q', 'grad_k', 'grad_v', 'grad_rpb'), grads):
+        torch.testing.assert_close(grad.cpu(), get(name), **F64_TOL, msg=lambda m, name=name: f'{name}: {m}')
+
+
+# ----------------------------------------------------------------------------- triton vs reference
+
+# (batch, heads, H, W, head_dim, kernel_size, dilation, with rpb)
+CASES = [
+    (1, 1, 6, 6, 16, 3, 2, True),       # both sides exactly k*d
+    (2, 2, 7, 10, 32, 5, 1, True),      # non-square, batch 2, 2 heads
+    (1, 2, 9, 13, 8, 3, 3, True),       # H = k*d; W classes of 5/4/4; head dim 8 (padded to 16)
+    (1, 1, 5, 7, 64, 5, 1, False),      # no rpb, H = k
+    (1, 1, 5, 6, 128, 5, 1, True),      # head dim 128
+    (1, 1, 17, 16, 16, 3, 1, True),     # 272 tokens: two query blocks in the interpreter
+]
+
+
+def _random_inputs(batch, heads, height, width, head_dim, kernel_size, with_rpb, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, heads, height, width, head_dim)
+    q, k, v, grad_out = (torch.randn(shape, generator=gen, dtype=dtype).to(DEVICE) for _ in range(4))
+    rpb = torch.randn(heads, 2 * kernel_size - 1, 2 * kernel_size - 1, generator=gen, dtype=dtype).to(DEVICE)
+    return (q, k, v, rpb if with_rpb else None), grad_out
+
+
+# Every case in float64, two in float32 (the interpreter is slow).
+DTYPE_CASES = [case + (torch.float64, ) for case in CASES] + [CASES[i] + (torch.float32, ) for i in (1, 4)]
+
+
+@needs_kernels
+@pytest.mark.parametrize('batch,heads,height,width,head_dim,ks,dilation,with_rpb,dtype', DTYPE_CASES)
+def test_triton_matches_reference(batch, heads, height, width, head_dim, ks, dilation, with_rpb, dtype):
+    tensors, grad_out = _random_inputs(batch, heads, height, width, head_dim, ks, with_rpb, dtype,
+                                       seed=height * 100 + width)
+    tol = F64_TOL if dtype == torch.float64 else F32_TOL
+    results = [
+        _forward_backward(lambda *t: neighborhood_attention_2d(*t[:3], ks, dilation, t[3], backend=backend),
+                          tensors, grad_out) for backend in ('torch', 'triton')
+    ]
+    (ref_out, ref_grads), (tri_out, tri_grads) = results
+    torch.testing.assert_close(tri_out, ref_out, **tol)
+    for name, got, want in zip(('dq', 'dk', 'dv', 'drpb'), tri_grads, ref_grads):
+        torch.testing.assert_close(got, want, **tol, msg=lambda m, name=name: f'{name}: {m}')
+
+
+@needs_kernels
+def test_triton_strided_inputs():
+    """q/k/v as permuted views of one fused qkv tensor (the attention module's layout)."""
+    gen = torch.Generator().manual_seed(7)
+    qkv = torch.randn(1, 6, 7, 3, 2, 16, generator=gen, dtype=torch.float64).to(DEVICE)
+    rpb = torch.randn(2, 5, 5, generator=gen, dtype=torch.float64).to(DEVICE)
+    grad_out = torch.randn(1, 2, 6, 7, 16, generator=gen, dtype=torch.float64).to(DEVICE)
+    results = []
+    for backend in ('torch', 'triton'):
+        leaf = qkv.clone().requires_grad_()
+        r = rpb.clone().requires_grad_()
+        q, k, v = leaf.permute(3, 0, 4, 1, 2, 5)
+        out = neighborhood_attention_2d(q, k, v, 3, 2, rpb=r, backend=backend)
+        out.backward(grad_out)
+        results.append((out.detach(), leaf.grad, r.grad))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, **F64_TOL)
+
+
+@pytest.mark.parametrize('backend', ['torch', pytest.param('triton', marks=needs_kernels)])
+def test_queries_at_the_top_left_corner(backend):
+    """q covering the top-left Hq x Wq corner = the full op cropped, gradients included."""
+    tensors, grad_out = _random_inputs(1, 2, 10, 9, 16, 3, True, torch.float64, seed=5)
+    full_out, full_grads = _forward_backward(
+        lambda *t: neighborhood_attention_2d(*t[:3], 3, 3, t[3], backend='torch'),
+        tensors, F.pad(grad_out[:, :, :4, :7], (0, 0, 0, 2, 0, 6)))
+    out, grads = _forward_backward(
+        lambda *t: neighborhood_attention_2d(t[0][:, :, :4, :7], *t[1:3], 3, 3, t[3], backend=backend),
+        tensors, grad_out[:, :, :4, :7])
+    torch.testing.assert_close(out, full_out[:, :, :4, :7], **F64_TOL)
+    for got, want in zip(grads, full_grads):
+        torch.testing.assert_close(got, want, **F64_TOL)
+
+
+@needs_kernels
+@pytest.mark.parametrize('dtype,atol', [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
+def test_triton_half_precision(dtype, atol):
+    """fp16/bf16 in, fp32 accumulation, output and grads (rpb included) back in the input dtype."""
+    tensors, grad_out = _random_inputs(1, 2, 7, 8, 16, 3, True, torch.float64, seed=11)
+    ref_out, ref_grads = _forward_backward(lambda *t: na2d_reference(*t[:3], 3, 2, t[3], 0.25),
+                                           tensors, grad_out)
+    out, grads = _forward_backward(
+        lambda *t: neighborhood_attention_2d(*t[:3], 3, 2, t[3], 0.25, backend='triton'),
+        [t.to(dtype) for t in tensors], grad_out.to(dtype))
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    torch.testing.assert_close(out.double(), ref_out, atol=atol, rtol=atol)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, atol=8 * atol, rtol=8 * atol)
+
+
+@needs_kernels
+def test_triton_errors(monkeypatch):
+    from mmsparse.ops.na2d.triton_kernels import na2d_triton
+    q = torch.randn(1, 1, 6, 6, 16, device=DEVICE)
+    with pytest.raises(TypeError, match='k.dtype'):
+        na2d_triton(q, q.double(), q, 3, 1, None, 1.0)
+    with pytest.raises(TypeError, match='q.dtype=torch.int64'):
+        na2d_triton(*(torch.zeros(1, 1, 6, 6, 16, dtype=torch.long, device=DEVICE), ) * 3, 3, 1, None, 1.0)
+    monkeypatch.setenv('TRITON_INTERPRET', '0')
+    with pytest.raises(RuntimeError, match=r'^q: .*CUDA.*cpu'):
+        na2d_triton(q.cpu(), q.cpu(), q.cpu(), 3, 1, None, 1.0)
+
+
+# ----------------------------------------------------------------------------- dispatch and errors
+
+@needs_triton
+def test_dispatch_priority(monkeypatch):
+    calls = []
+    from mmsparse.ops.na2d import triton_kernels
+    monkeypatch.setattr(na2d_pkg, 'na2d_reference', lambda q, *a: calls.append('torch') or q)
+    monkeypatch.setattr(triton_kernels, 'na2d_triton', lambda q, *a: calls.append('triton') or q)
+    x = torch.randn(1, 1, 3, 3, 8)
+    neighborhood_attention_2d(x, x, x, 3)                      # auto on CPU -> reference
+    monkeypatch.setenv(ENV_VAR, 'triton')                      # env beats the device default
+    neighborhood_attention_2d(x, x, x, 3)
+    neighborhood_attention_2d(x, x, x, 3, backend='torch')     # the argument beats the env var
+    assert calls == ['torch', 'triton', 'torch']
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(kernel_size=4), 'kernel_size=4'),
+    (dict(kernel_size=1), 'kernel_size=1'),
+    (dict(dilation=0), 'dilation=0'),
+    (dict(dilation=2), r'5x7 .* 3 \* 2 = 6'),                  # map smaller than k*d
+    (dict(rpb=torch.zeros(2, 3, 3)), r'rpb.shape=\(2, 3, 3\)'),
+    (dict(k=torch.zeros(1, 2, 5, 6, 8)), 'same shape'),
+    (dict(q=torch.zeros(1, 2, 6, 7, 8)), r'Hq <= H'),              # more queries than keys
+])
+def test_bad_arguments_raise(kwargs, match):
+    x = torch.zeros(1, 2, 5, 7, 8)
+    args = dict(q=x, k=x, v=x, kernel_size=3)
+    args.update(kwargs)
+    for backend in ('torch', 'triton') if triton_available() else ('torch', ):
+        with pytest.raises(ValueError, match=match):
+            neighborhood_attention_2d(**args, backend=backend)
+
+
+def test_ops_import_without_mmengine():
+    code = ("import sys; sys.modules['mmengine'] = None; sys.modules['mmcv'] = None; "
+            "from mmsparse.ops import neighborhood_attention_2d; import mmsparse.ops.na2d.triton_kernels")
+    subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, check=True)

@@ -1,0 +1,48 @@
+"""Convert a timm, DeiT or official Fibottention ViT checkpoint to mmsparse.FibottentionViT keys.
+
+    python tools/model_converters/vit2mmsparse.py deit_small_patch16_224-cd65a155.pth pretrain/vit-s_mmsparse.pth
+    python tools/model_converters/vit2mmsparse.py checkpoint-99.pth pretrain/fib-vit-b.pth --img-size 512
+
+Accepts plain state dicts and checkpoints with the weights under ``'model'`` (DeiT,
+the official MAE-style ``main_finetune.py``) or ``'state_dict'``. Drops the
+classifier (``head``, ``head_dist``, ``fc_norm``, ``pre_logits``, ``dist_token``)
+and, with ``--img-size``, resizes ``pos_embed`` bicubically to that input size
+(the CLS slot kept apart). Writes ``{'state_dict': {name: tensor}}``, loadable with
+``torch.load(..., weights_only=True)`` and by ``init_cfg=dict(type='Pretrained')``.
+"""
+import argparse
+import os
+import os.path as osp
+
+import torch
+
+from mmsparse.models.utils import vit_official_to_mmsparse
+from mmsparse.utils import load_state_dict_from_checkpoint
+
+
+def convert(src, dst, img_size=None, patch_size=16):
+    state_dict = load_state_dict_from_checkpoint(src)
+    pos_grid = None if img_size is None else (img_size[0] // patch_size, img_size[-1] // patch_size)
+    converted = vit_official_to_mmsparse(state_dict, pos_grid=pos_grid)
+    if osp.dirname(dst):
+        os.makedirs(osp.dirname(dst), exist_ok=True)
+    torch.save({'state_dict': converted}, dst)
+    dropped = len(state_dict) - len(converted)
+    print(f'converted {len(converted)} tensors ({dropped} classifier tensors dropped) -> {dst}')
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('src', help='timm / DeiT / official Fibottention checkpoint')
+    parser.add_argument('dst', help='output path')
+    parser.add_argument('--img-size', type=int, nargs='+', help='resize pos_embed to this input size '
+                        '(one value for square, or H W); default: keep it')
+    parser.add_argument('--patch-size', type=int, default=16, help='patch size of the model (default 16)')
+    args = parser.parse_args()
+    if args.img_size is not None and len(args.img_size) not in (1, 2):
+        parser.error(f'--img-size takes 1 or 2 values, got {args.img_size}')
+    convert(args.src, args.dst, args.img_size, args.patch_size)
+
+
+if __name__ == '__main__':
+    main()
