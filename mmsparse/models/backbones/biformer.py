@@ -1,14 +1,12 @@
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
-from mmengine.model import BaseModule
-from mmengine.model.weight_init import trunc_normal_
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsparse.registry import MODELS
 from ..attentions import BiLevelRoutingAttention, GlobalAttentionLePE
 from ..layers import DropPath, LayerNorm2d, Mlp, drop_path_rates
-from ..utils import biformer_official_to_mmsparse, is_official_biformer, load_pretrained_weights
+from ..utils import biformer_official_to_mmsparse, is_official_biformer
+from .base import SparseBackbone
 
 
 class BiFormerBlock(nn.Module):
@@ -52,7 +50,7 @@ class BiFormerBlock(nn.Module):
 
 
 @MODELS.register_module()
-class BiFormer(BaseModule):
+class BiFormer(SparseBackbone):
     """BiFormer backbone with bi-level routing attention.
 
     Zhu et al., "BiFormer: Vision Transformer with Bi-Level Routing Attention",
@@ -93,6 +91,7 @@ class BiFormer(BaseModule):
         'small': dict(depths=(4, 4, 18, 4), embed_dims=(64, 128, 256, 512), head_dim=32),
         'base': dict(depths=(4, 4, 18, 4), embed_dims=(96, 192, 384, 768), head_dim=32),
     }
+    arch_keys = ('depths', 'embed_dims', 'head_dim')
     num_stages = 4
 
     def __init__(self,
@@ -117,10 +116,8 @@ class BiFormer(BaseModule):
         for name, value in (('topks', topks), ('mlp_ratios', mlp_ratios)):
             if len(value) != self.num_stages:
                 raise ValueError(f'{name}={value} must have {self.num_stages} entries')
-        self.out_indices = self._parse_out_indices(out_indices)
-        if not -1 <= frozen_stages < self.num_stages:
-            raise ValueError(f'frozen_stages={frozen_stages} must be in [-1, {self.num_stages - 1}]')
-        self.frozen_stages = frozen_stages
+        self.out_indices = self._parse_out_indices(out_indices, self.num_stages)
+        self.frozen_stages = self._check_frozen_stages(frozen_stages, self.num_stages - 1)
         self.norm_eval = norm_eval
 
         dims = self.embed_dims
@@ -154,16 +151,7 @@ class BiFormer(BaseModule):
         self._freeze_stages()
 
     def _parse_arch(self, arch):
-        if isinstance(arch, str):
-            if arch not in self.arch_zoo:
-                raise ValueError(f'arch={arch!r} is not a BiFormer preset; choose one of '
-                                 f'{sorted(self.arch_zoo)} or pass a dict')
-            return self.arch_zoo[arch]
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
-        required = {'depths', 'embed_dims', 'head_dim'}
-        if set(arch) != required:
-            raise ValueError(f'arch={arch} must have exactly the keys {sorted(required)}')
+        arch = super()._parse_arch(arch)
         for key in ('depths', 'embed_dims'):
             if len(arch[key]) != self.num_stages:
                 raise ValueError(f"arch['{key}']={arch[key]} must have {self.num_stages} entries")
@@ -173,60 +161,11 @@ class BiFormer(BaseModule):
                                  f"embed dim, got {arch['embed_dims']}")
         return arch
 
-    def _parse_out_indices(self, out_indices):
-        if isinstance(out_indices, int):
-            out_indices = (out_indices, )
-        out_indices = tuple(i % self.num_stages if -self.num_stages <= i < 0 else i
-                            for i in out_indices)
-        for i in out_indices:
-            if not 0 <= i < self.num_stages:
-                raise ValueError(f'out_indices={out_indices} must be in [0, {self.num_stages - 1}]')
-        return out_indices
+    def _is_official(self, state_dict):
+        return is_official_biformer(state_dict)
 
-    @staticmethod
-    def _init_layer(m):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    def init_weights(self):
-        if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
-            super().init_weights()
-            return
-        load_pretrained_weights(
-            self,
-            self.init_cfg['checkpoint'],
-            convert=biformer_official_to_mmsparse,
-            is_official=is_official_biformer,
-            prefix=self.init_cfg.get('prefix'),
-            strict=self.init_cfg.get('strict', True),
-            # ImageNet checkpoints have no output norms (they keep their init, as in
-            # the official loader) and carry all four when fewer are used here.
-            tolerated_keys=(r'^norm\d\.', ))
-        self._is_init = True
-
-    def _freeze_stages(self):
-        for i in range(self.frozen_stages + 1):
-            modules = [self.downsample_layers[i], self.stages[i]]
-            if i in self.out_indices:
-                modules.append(getattr(self, f'norm{i}'))
-            for module in modules:
-                module.eval()
-                for param in module.parameters():
-                    param.requires_grad = False
-
-    def train(self, mode=True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
+    def _convert_official(self, state_dict):
+        return biformer_official_to_mmsparse(state_dict)
 
     def forward(self, x):
         outs = []

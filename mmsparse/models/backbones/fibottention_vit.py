@@ -1,16 +1,13 @@
-from functools import partial
-
 import torch
 import torch.utils.checkpoint as cp
-from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsparse.registry import MODELS
 from ..attentions import FibottentionAttention
 from ..layers import DropPath, FeatureRescale, Mlp, PatchEmbed, drop_path_rates, resize_pos_embed
-from ..utils import load_pretrained_weights, vit_official_to_mmsparse
+from ..utils import vit_official_to_mmsparse
+from .base import SparseBackbone
 
 
 class FibottentionBlock(nn.Module):
@@ -40,7 +37,7 @@ class FibottentionBlock(nn.Module):
 
 
 @MODELS.register_module()
-class FibottentionViT(BaseModule):
+class FibottentionViT(SparseBackbone):
     """Plain ViT with Fibottention in every block, for dense prediction.
 
     Rahimian et al., "Fibottention: Inceptive Visual Representation Learning with
@@ -106,6 +103,9 @@ class FibottentionViT(BaseModule):
         'base': dict(embed_dims=768, num_layers=12, num_heads=12, mlp_ratio=4),
         'large': dict(embed_dims=1024, num_layers=24, num_heads=16, mlp_ratio=4),
     }
+    arch_keys = ('embed_dims', 'num_layers', 'num_heads', 'mlp_ratio')
+    # The pyramid layers do not exist in classification checkpoints.
+    tolerated_checkpoint_keys = (r'^rescales\.', )
 
     def __init__(self,
                  arch='base',
@@ -130,13 +130,14 @@ class FibottentionViT(BaseModule):
         arch = self._parse_arch(arch)
         dims, depth = arch['embed_dims'], arch['num_layers']
         self.embed_dims, self.num_layers = dims, depth
+        # Default: the last block of each quarter, as ViTDet and BEiT take them.
+        if out_indices is None:
+            out_indices = tuple(depth * q // 4 - 1 for q in range(1, 5))
         self.out_indices = self._parse_out_indices(out_indices, depth)
         if len(out_scales) != len(self.out_indices):
             raise ValueError(f'out_scales={out_scales} must have one entry per out_indices='
                              f'{self.out_indices}')
-        if not -1 <= frozen_stages <= depth:
-            raise ValueError(f'frozen_stages={frozen_stages} must be in [-1, {depth}]')
-        self.frozen_stages = frozen_stages
+        self.frozen_stages = self._check_frozen_stages(frozen_stages, depth)
         self.norm_eval = norm_eval
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.pos_grid = (img_size[0] // patch_size, img_size[1] // patch_size)
@@ -160,78 +161,30 @@ class FibottentionViT(BaseModule):
         self._freeze_stages()
 
     def _parse_arch(self, arch):
-        if isinstance(arch, str):
-            if arch not in self.arch_zoo:
-                raise ValueError(f'arch={arch!r} is not a FibottentionViT preset; choose one of '
-                                 f'{sorted(self.arch_zoo)} or pass a dict')
-            return self.arch_zoo[arch]
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
-        required = {'embed_dims', 'num_layers', 'num_heads', 'mlp_ratio'}
-        if set(arch) != required:
-            raise ValueError(f'arch={arch} must have exactly the keys {sorted(required)}')
+        arch = super()._parse_arch(arch)
         if arch['embed_dims'] % arch['num_heads']:
             raise ValueError(f"arch['num_heads']={arch['num_heads']} must divide "
                              f"arch['embed_dims']={arch['embed_dims']}")
         return arch
 
-    @staticmethod
-    def _parse_out_indices(out_indices, depth):
-        if out_indices is None:
-            return tuple(depth * q // 4 - 1 for q in range(1, 5))
-        if isinstance(out_indices, int):
-            out_indices = (out_indices, )
-        out_indices = tuple(i + depth if -depth <= i < 0 else i for i in out_indices)
-        for i in out_indices:
-            if not 0 <= i < depth:
-                raise ValueError(f'out_indices={out_indices} must be in [0, {depth - 1}]')
-        return out_indices
+    def _is_official(self, state_dict):
+        # The conversion is idempotent, so every checkpoint goes through it: it drops
+        # a classifier if there is one and resizes pos_embed to this model's grid.
+        return True
 
-    @staticmethod
-    def _init_layer(m):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    def _convert_official(self, state_dict):
+        return vit_official_to_mmsparse(state_dict, pos_grid=self.pos_grid)
 
-    def init_weights(self):
-        if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
-            super().init_weights()
-            return
-        load_pretrained_weights(
-            self,
-            self.init_cfg['checkpoint'],
-            # The conversion is idempotent, so every checkpoint goes through it: it drops
-            # a classifier if there is one and resizes pos_embed to this model's grid.
-            convert=partial(vit_official_to_mmsparse, pos_grid=self.pos_grid),
-            is_official=lambda state_dict: True,
-            prefix=self.init_cfg.get('prefix'),
-            strict=self.init_cfg.get('strict', True),
-            # The pyramid layers do not exist in classification checkpoints.
-            tolerated_keys=(r'^rescales\.', ))
-        self._is_init = True
+    def _frozen_modules(self):
+        if self.frozen_stages < 0:
+            return []
+        return [self.patch_embed, *self.blocks[:self.frozen_stages]]
 
     def _freeze_stages(self):
-        if self.frozen_stages < 0:
-            return
-        self.cls_token.requires_grad = False
-        self.pos_embed.requires_grad = False
-        for module in [self.patch_embed, *self.blocks[:self.frozen_stages]]:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode=True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
+        super()._freeze_stages()
+        if self.frozen_stages >= 0:
+            self.cls_token.requires_grad = False
+            self.pos_embed.requires_grad = False
 
     def forward_tokens(self, x):
         """All tokens after the last block (and ``norm``): (B, 1 + gh*gw, C), CLS first."""

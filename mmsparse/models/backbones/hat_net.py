@@ -1,14 +1,13 @@
 import torch.utils.checkpoint as cp
-from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsparse.registry import MODELS
 from ..attentions import HierarchicalMHSA
 from ..attentions.hmhsa import group_norm1
 from ..layers import DropPath, LayerNorm2d, drop_path_rates
-from ..utils import hatnet_official_to_mmsparse, is_official_hatnet, load_pretrained_weights
+from ..utils import hatnet_official_to_mmsparse, is_official_hatnet
+from .base import SparseBackbone
 
 
 class InvertedResidual(nn.Module):
@@ -79,7 +78,7 @@ _PRESET_COMMON = dict(head_dim=64, expansions=(8, 8, 4, 4), grid_sizes=(8, 7, 7,
 
 
 @MODELS.register_module()
-class HATNet(BaseModule):
+class HATNet(SparseBackbone):
     """HAT-Net backbone with hierarchical multi-head self-attention (H-MHSA).
 
     Liu et al., "Vision Transformers with Hierarchical Attention", Machine
@@ -132,6 +131,7 @@ class HATNet(BaseModule):
     }
     num_stages = 4
     _per_stage_keys = ('dims', 'depths', 'expansions', 'grid_sizes', 'ds_ratios', 'kernel_sizes')
+    arch_keys = _per_stage_keys + ('head_dim', )
 
     def __init__(self,
                  arch='small',
@@ -149,10 +149,8 @@ class HATNet(BaseModule):
         arch = self._parse_arch(arch)
         self.dims = tuple(arch['dims'])
         self.depths = tuple(arch['depths'])
-        self.out_indices = self._parse_out_indices(out_indices)
-        if not -1 <= frozen_stages < self.num_stages:
-            raise ValueError(f'frozen_stages={frozen_stages} must be in [-1, {self.num_stages - 1}]')
-        self.frozen_stages = frozen_stages
+        self.out_indices = self._parse_out_indices(out_indices, self.num_stages)
+        self.frozen_stages = self._check_frozen_stages(frozen_stages, self.num_stages - 1)
         self.norm_eval = norm_eval
 
         dims = self.dims
@@ -177,16 +175,7 @@ class HATNet(BaseModule):
         self._freeze_stages()
 
     def _parse_arch(self, arch):
-        if isinstance(arch, str):
-            if arch not in self.arch_zoo:
-                raise ValueError(f'arch={arch!r} is not a HAT-Net preset; choose one of '
-                                 f'{sorted(self.arch_zoo)} or pass a dict')
-            return self.arch_zoo[arch]
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
-        required = set(self._per_stage_keys) | {'head_dim'}
-        if set(arch) != required:
-            raise ValueError(f'arch={arch} must have exactly the keys {sorted(required)}')
+        arch = super()._parse_arch(arch)
         for key in self._per_stage_keys:
             if len(arch[key]) != self.num_stages:
                 raise ValueError(f"arch['{key}']={arch[key]} must have {self.num_stages} entries")
@@ -195,15 +184,6 @@ class HATNet(BaseModule):
                 raise ValueError(f"arch['head_dim']={arch['head_dim']} must divide every dim, "
                                  f"got dims={arch['dims']}")
         return arch
-
-    def _parse_out_indices(self, out_indices):
-        if isinstance(out_indices, int):
-            out_indices = (out_indices, )
-        out_indices = tuple(i % self.num_stages if -self.num_stages <= i < 0 else i for i in out_indices)
-        for i in out_indices:
-            if not 0 <= i < self.num_stages:
-                raise ValueError(f'out_indices={out_indices} must be in [0, {self.num_stages - 1}]')
-        return out_indices
 
     @staticmethod
     def _init_layer(m):
@@ -216,20 +196,11 @@ class HATNet(BaseModule):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def init_weights(self):
-        if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
-            super().init_weights()
-            return
-        load_pretrained_weights(
-            self,
-            self.init_cfg['checkpoint'],
-            convert=hatnet_official_to_mmsparse,
-            is_official=is_official_hatnet,
-            prefix=self.init_cfg.get('prefix'),
-            strict=self.init_cfg.get('strict', True),
-            # ImageNet checkpoints have no output norms: they keep their init.
-            tolerated_keys=(r'^norm\d\.', ))
-        self._is_init = True
+    def _is_official(self, state_dict):
+        return is_official_hatnet(state_dict)
+
+    def _convert_official(self, state_dict):
+        return hatnet_official_to_mmsparse(state_dict)
 
     def _entry(self, i):
         """The layer that starts stage ``i``: the stem (stride 4) or a downsampling (stride 2)."""
@@ -240,22 +211,6 @@ class HATNet(BaseModule):
         if self.out_norms and i in self.out_indices:
             modules.append(getattr(self, f'norm{i}'))
         return modules
-
-    def _freeze_stages(self):
-        for i in range(self.frozen_stages + 1):
-            for module in self._stage_modules(i):
-                module.eval()
-                for param in module.parameters():
-                    param.requires_grad = False
-
-    def train(self, mode=True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
 
     def forward(self, x):
         outs = []

@@ -1,14 +1,12 @@
 import torch
 import torch.utils.checkpoint as cp
-from mmengine.model import BaseModule
-from mmengine.model.weight_init import trunc_normal_
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsparse.registry import MODELS
 from ..attentions import NeighborhoodAttention2d
 from ..layers import DropPath, Mlp, drop_path_rates
-from ..utils import is_official_nat, load_pretrained_weights, nat_official_to_mmsparse
+from ..utils import is_official_nat, nat_official_to_mmsparse
+from .base import SparseBackbone
 
 
 class ConvEmbed(nn.Module):
@@ -69,7 +67,7 @@ class NATBlock(nn.Module):
 
 
 @MODELS.register_module()
-class NAT(BaseModule):
+class NAT(SparseBackbone):
     """Neighborhood Attention Transformer (NAT) and Dilated NAT (DiNAT) backbone.
 
     Hassani et al., "Neighborhood Attention Transformer", CVPR 2023,
@@ -119,6 +117,7 @@ class NAT(BaseModule):
         'base': dict(embed_dims=128, depths=(3, 4, 18, 5), num_heads=(4, 8, 16, 32), mlp_ratio=2.),
         'large': dict(embed_dims=192, depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), mlp_ratio=2.),
     }
+    arch_keys = ('embed_dims', 'depths', 'num_heads', 'mlp_ratio')
     num_stages = 4
 
     def __init__(self,
@@ -138,10 +137,8 @@ class NAT(BaseModule):
         self.depths = tuple(arch['depths'])
         self.embed_dims = tuple(arch['embed_dims'] * 2**i for i in range(self.num_stages))
         self.dilations = self._parse_dilations(dilations)
-        self.out_indices = self._parse_out_indices(out_indices)
-        if not -1 <= frozen_stages < self.num_stages:
-            raise ValueError(f'frozen_stages={frozen_stages} must be in [-1, {self.num_stages - 1}]')
-        self.frozen_stages = frozen_stages
+        self.out_indices = self._parse_out_indices(out_indices, self.num_stages)
+        self.frozen_stages = self._check_frozen_stages(frozen_stages, self.num_stages - 1)
         self.norm_eval = norm_eval
 
         dims = self.embed_dims
@@ -169,16 +166,7 @@ class NAT(BaseModule):
         self._freeze_stages()
 
     def _parse_arch(self, arch):
-        if isinstance(arch, str):
-            if arch not in self.arch_zoo:
-                raise ValueError(f'arch={arch!r} is not a NAT preset; choose one of '
-                                 f'{sorted(self.arch_zoo)} or pass a dict')
-            return self.arch_zoo[arch]
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
-        required = {'embed_dims', 'depths', 'num_heads', 'mlp_ratio'}
-        if set(arch) != required:
-            raise ValueError(f'arch={arch} must have exactly the keys {sorted(required)}')
+        arch = super()._parse_arch(arch)
         for key in ('depths', 'num_heads'):
             if len(arch[key]) != self.num_stages:
                 raise ValueError(f"arch['{key}']={arch[key]} must have {self.num_stages} entries")
@@ -197,61 +185,11 @@ class NAT(BaseModule):
                              f'layer, i.e. lengths {self.depths}')
         return [list(stage) for stage in dilations]
 
-    def _parse_out_indices(self, out_indices):
-        if isinstance(out_indices, int):
-            out_indices = (out_indices, )
-        out_indices = tuple(i % self.num_stages if -self.num_stages <= i < 0 else i
-                            for i in out_indices)
-        for i in out_indices:
-            if not 0 <= i < self.num_stages:
-                raise ValueError(f'out_indices={out_indices} must be in [0, {self.num_stages - 1}]')
-        return out_indices
+    def _is_official(self, state_dict):
+        return is_official_nat(state_dict)
 
-    @staticmethod
-    def _init_layer(m):
-        """The official classifier's init (``_init_weights``); rpb is set by the attention module."""
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    def init_weights(self):
-        if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
-            super().init_weights()
-            return
-        load_pretrained_weights(
-            self,
-            self.init_cfg['checkpoint'],
-            convert=nat_official_to_mmsparse,
-            is_official=is_official_nat,
-            prefix=self.init_cfg.get('prefix'),
-            strict=self.init_cfg.get('strict', True),
-            # ImageNet checkpoints have no output norms (they keep their init, as in
-            # the official loader) and dense ones carry all four when fewer are used here.
-            tolerated_keys=(r'^norm\d\.', ))
-        self._is_init = True
-
-    def _freeze_stages(self):
-        for i in range(self.frozen_stages + 1):
-            modules = [self.downsample_layers[i], self.stages[i]]
-            if i in self.out_indices:
-                modules.append(getattr(self, f'norm{i}'))
-            for module in modules:
-                module.eval()
-                for param in module.parameters():
-                    param.requires_grad = False
-
-    def train(self, mode=True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
+    def _convert_official(self, state_dict):
+        return nat_official_to_mmsparse(state_dict)
 
     def forward(self, x):
         x = x.permute(0, 2, 3, 1)

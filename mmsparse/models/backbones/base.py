@@ -1,0 +1,114 @@
+"""What every mmsparse backbone shares: presets, output selection, freezing, pretrained loading."""
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..utils import load_pretrained_weights
+
+
+class SparseBackbone(BaseModule):
+    """Base class of the mmsparse backbones.
+
+    Subclasses set ``arch_zoo`` (preset name -> dict) and ``arch_keys`` (the keys a
+    custom ``arch`` dict must have) and, to load official checkpoints, implement
+    :meth:`_is_official` and :meth:`_convert_official`. Hierarchical backbones with
+    ``downsample_layers``, ``stages`` and output norms ``norm{i}`` freeze as they
+    are; others override :meth:`_stage_modules` or :meth:`_frozen_modules`.
+    """
+
+    arch_zoo = {}
+    arch_keys = ()
+    # Keys that may be missing from (or extra in) a checkpoint: output norms are absent
+    # from ImageNet weights and keep their init, as in the official loaders.
+    tolerated_checkpoint_keys = (r'^norm\d\.', )
+
+    def _parse_arch(self, arch):
+        """A preset name or a dict with exactly ``arch_keys`` -> the arch dict."""
+        name = type(self).__name__
+        if isinstance(arch, str):
+            if arch not in self.arch_zoo:
+                raise ValueError(f'arch={arch!r} is not a {name} preset; choose one of '
+                                 f'{sorted(self.arch_zoo)} or pass a dict')
+            return self.arch_zoo[arch]
+        if not isinstance(arch, dict):
+            raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
+        if set(arch) != set(self.arch_keys):
+            raise ValueError(f'arch={arch} must have exactly the keys {sorted(self.arch_keys)}')
+        return arch
+
+    @staticmethod
+    def _parse_out_indices(out_indices, num_outputs):
+        """Normalise negative indices and check every index is in ``[0, num_outputs)``."""
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        out_indices = tuple(i + num_outputs if -num_outputs <= i < 0 else i for i in out_indices)
+        for i in out_indices:
+            if not 0 <= i < num_outputs:
+                raise ValueError(f'out_indices={out_indices} must be in [0, {num_outputs - 1}]')
+        return out_indices
+
+    @staticmethod
+    def _check_frozen_stages(frozen_stages, largest):
+        if not -1 <= frozen_stages <= largest:
+            raise ValueError(f'frozen_stages={frozen_stages} must be in [-1, {largest}]')
+        return frozen_stages
+
+    @staticmethod
+    def _init_layer(m):
+        """timm's ViT init, used by the official models: trunc-normal Linear, unit LayerNorm."""
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def _is_official(self, state_dict):
+        """Whether ``state_dict`` uses the official key names."""
+        return False
+
+    def _convert_official(self, state_dict):
+        """Map official keys to this backbone's keys."""
+        raise NotImplementedError
+
+    def init_weights(self):
+        if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
+            super().init_weights()
+            return
+        load_pretrained_weights(
+            self,
+            self.init_cfg['checkpoint'],
+            convert=self._convert_official,
+            is_official=self._is_official,
+            prefix=self.init_cfg.get('prefix'),
+            strict=self.init_cfg.get('strict', True),
+            tolerated_keys=self.tolerated_checkpoint_keys)
+        self._is_init = True
+
+    def _stage_modules(self, i):
+        """Stage ``i``: its downsampling layer, its blocks and its output norm, if any."""
+        modules = [self.downsample_layers[i], self.stages[i]]
+        if hasattr(self, f'norm{i}'):
+            modules.append(getattr(self, f'norm{i}'))
+        return modules
+
+    def _frozen_modules(self):
+        """The modules that ``frozen_stages`` freezes: stages ``0..frozen_stages``."""
+        return [m for i in range(self.frozen_stages + 1) for m in self._stage_modules(i)]
+
+    def _freeze_stages(self):
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
