@@ -8,25 +8,12 @@ mmdet/mmseg ``BiFormer_mm`` checkpoints (``'state_dict'``, keys under
 ``torch.load(..., weights_only=True)`` and by ``init_cfg=dict(type='Pretrained')``.
 """
 import argparse
-import os
-import os.path as osp
 
-import torch
-
-from mmsparse.models.utils import biformer_official_to_mmsparse
-from mmsparse.utils import load_state_dict_from_checkpoint
+from mmsparse.models.utils import convert_checkpoint_file, biformer_official_to_mmsparse
 
 
 def convert(src, dst):
-    state_dict = load_state_dict_from_checkpoint(src)
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
-    converted = biformer_official_to_mmsparse(state_dict)
-    if osp.dirname(dst):
-        os.makedirs(osp.dirname(dst), exist_ok=True)
-    torch.save({'state_dict': converted}, dst)
-    dropped = len(state_dict) - len(converted)
-    print(f'converted {len(converted)} tensors ({dropped} classifier tensors dropped) -> {dst}')
+    convert_checkpoint_file(src, dst, biformer_official_to_mmsparse)
 
 
 def main():

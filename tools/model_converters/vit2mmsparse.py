@@ -11,24 +11,14 @@ and, with ``--img-size``, resizes ``pos_embed`` bicubically to that input size
 ``torch.load(..., weights_only=True)`` and by ``init_cfg=dict(type='Pretrained')``.
 """
 import argparse
-import os
-import os.path as osp
+from functools import partial
 
-import torch
-
-from mmsparse.models.utils import vit_official_to_mmsparse
-from mmsparse.utils import load_state_dict_from_checkpoint
+from mmsparse.models.utils import convert_checkpoint_file, vit_official_to_mmsparse
 
 
 def convert(src, dst, img_size=None, patch_size=16):
-    state_dict = load_state_dict_from_checkpoint(src)
     pos_grid = None if img_size is None else (img_size[0] // patch_size, img_size[-1] // patch_size)
-    converted = vit_official_to_mmsparse(state_dict, pos_grid=pos_grid)
-    if osp.dirname(dst):
-        os.makedirs(osp.dirname(dst), exist_ok=True)
-    torch.save({'state_dict': converted}, dst)
-    dropped = len(state_dict) - len(converted)
-    print(f'converted {len(converted)} tensors ({dropped} classifier tensors dropped) -> {dst}')
+    convert_checkpoint_file(src, dst, partial(vit_official_to_mmsparse, pos_grid=pos_grid))
 
 
 def main():

@@ -1,10 +1,13 @@
-"""Official-key to mmsparse-key maps, one function per family."""
+"""Official-key to mmsparse-key maps, one function per family, and the file converter."""
 import math
+import os
+import os.path as osp
 import re
 from collections import OrderedDict
 
 import torch
 
+from mmsparse.utils import load_state_dict_from_checkpoint
 from ..layers import resize_pos_embed
 
 # (pattern, replacement) applied in order to every official BiFormer key.
@@ -129,3 +132,26 @@ def vit_official_to_mmsparse(state_dict, pos_grid=None):
         pos = resize_pos_embed(pos, (side, side), pos_grid)
     converted['pos_embed'] = pos
     return converted
+
+
+def convert_checkpoint_file(src, dst, convert, prefix='backbone.'):
+    """Convert the weights of checkpoint ``src`` with ``convert`` and write them to ``dst``.
+
+    ``src`` may be any checkpoint layout (``state_dict``/``model``/``module`` entry or a
+    bare dict); when it is a full mmdet/mmseg model, only the keys under ``prefix`` are
+    taken, without it. ``dst`` holds ``{'state_dict': {name: tensor}}``, loadable with
+    ``torch.load(..., weights_only=True)`` and by ``init_cfg=dict(type='Pretrained')``.
+
+    Returns:
+        tuple[int, int]: the number of tensors read and written.
+    """
+    state_dict = load_state_dict_from_checkpoint(src)
+    if prefix and any(k.startswith(prefix) for k in state_dict):
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    converted = convert(state_dict)
+    if osp.dirname(dst):
+        os.makedirs(osp.dirname(dst), exist_ok=True)
+    torch.save({'state_dict': dict(converted)}, dst)
+    print(f'converted {len(converted)} of {len(state_dict)} tensors '
+          f'({len(state_dict) - len(converted)} dropped) -> {dst}')
+    return len(state_dict), len(converted)
