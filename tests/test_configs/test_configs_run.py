@@ -17,14 +17,37 @@ CONFIGS = sorted(p for p in glob.glob(osp.join(REPO_ROOT, 'configs', '**', '*.py
                  if '_base_' not in p)
 SEG_CROP = (64, 64)
 DET_SCALE = (160, 96)
+DET_CROP_RANGE = (64, 96)
+RPN_PROPOSALS = 100
+ROIS_PER_IMAGE = 64
 
 
 def shrink_pipeline(pipeline, is_seg):
+    """Shrink every resize/crop size, including those nested in ``RandomChoice`` branches."""
     for transform in pipeline:
+        if isinstance(transform, list):
+            shrink_pipeline(transform, is_seg)
+            continue
         if 'scale' in transform:
             transform['scale'] = (4 * SEG_CROP[0], SEG_CROP[0]) if is_seg else DET_SCALE
+        if 'scales' in transform:
+            transform['scales'] = [DET_SCALE]
         if 'crop_size' in transform:
-            transform['crop_size'] = SEG_CROP
+            absolute_range = transform.get('crop_type') == 'absolute_range'
+            transform['crop_size'] = DET_CROP_RANGE if absolute_range else SEG_CROP
+        if 'transforms' in transform:
+            shrink_pipeline(transform['transforms'], is_seg)
+
+
+def shrink_detector_sampling(model):
+    """Fewer proposals and sampled RoIs, so heavy RoI heads (4conv1fc x 3 stages) stay cheap."""
+    train_cfg, test_cfg = model.get('train_cfg') or {}, model.get('test_cfg') or {}
+    for proposal_cfg in (train_cfg.get('rpn_proposal'), test_cfg.get('rpn')):
+        if proposal_cfg is not None:
+            proposal_cfg.nms_pre = proposal_cfg.max_per_img = RPN_PROPOSALS
+    rcnn_cfgs = train_cfg.get('rcnn') or []
+    for rcnn_cfg in rcnn_cfgs if isinstance(rcnn_cfgs, list) else [rcnn_cfgs]:
+        rcnn_cfg.sampler.num = ROIS_PER_IMAGE
 
 
 def shrink_for_cpu(cfg, data_root, work_dir):
@@ -48,6 +71,7 @@ def shrink_for_cpu(cfg, data_root, work_dir):
         # evaluator has something to score.
         test_cfg = cfg.model.test_cfg
         (test_cfg.rcnn if 'rcnn' in test_cfg else test_cfg).score_thr = 0.
+        shrink_detector_sampling(cfg.model)
     if is_seg:
         cfg.model.data_preprocessor.size = SEG_CROP
         cfg.train_cfg.max_iters, cfg.train_cfg.val_interval = 2, 1000
