@@ -19,6 +19,9 @@ class SparseBackbone(BaseModule):
 
     arch_zoo = {}
     arch_keys = ()
+    # Keys of ``arch`` that hold one entry per stage.
+    per_stage_arch_keys = ()
+    num_stages = 1
     # Keys that may be missing from (or extra in) a checkpoint: output norms are absent
     # from ImageNet weights and keep their init, as in the official loaders.
     tolerated_checkpoint_keys = (r'^norm\d\.', )
@@ -35,7 +38,22 @@ class SparseBackbone(BaseModule):
             raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
         if set(arch) != set(self.arch_keys):
             raise ValueError(f'arch={arch} must have exactly the keys {sorted(self.arch_keys)}')
+        for key in self.per_stage_arch_keys:
+            if len(arch[key]) != self.num_stages:
+                raise ValueError(f"arch['{key}']={arch[key]} must have {self.num_stages} entries")
         return arch
+
+    @staticmethod
+    def _check_heads_fit(name, divisor, widths):
+        """Every stage width must split into whole heads.
+
+        ``divisor`` is one head dim for all stages, or a sequence with one head count per stage.
+        """
+        per_stage = isinstance(divisor, (list, tuple))
+        for i, width in enumerate(widths):
+            entry, label = (divisor[i], f'{name}[{i}]') if per_stage else (divisor, name)
+            if width % entry:
+                raise ValueError(f'{label}={entry} must divide the width {width} of stage {i}')
 
     @staticmethod
     def _parse_out_indices(out_indices, num_outputs):

@@ -92,6 +92,7 @@ class BiFormer(SparseBackbone):
         'base': dict(depths=(4, 4, 18, 4), embed_dims=(96, 192, 384, 768), head_dim=32),
     }
     arch_keys = ('depths', 'embed_dims', 'head_dim')
+    per_stage_arch_keys = ('depths', 'embed_dims')
     num_stages = 4
 
     def __init__(self,
@@ -152,13 +153,7 @@ class BiFormer(SparseBackbone):
 
     def _parse_arch(self, arch):
         arch = super()._parse_arch(arch)
-        for key in ('depths', 'embed_dims'):
-            if len(arch[key]) != self.num_stages:
-                raise ValueError(f"arch['{key}']={arch[key]} must have {self.num_stages} entries")
-        for dim in arch['embed_dims']:
-            if dim % arch['head_dim']:
-                raise ValueError(f"arch['head_dim']={arch['head_dim']} must divide every "
-                                 f"embed dim, got {arch['embed_dims']}")
+        self._check_heads_fit("arch['head_dim']", arch['head_dim'], arch['embed_dims'])
         return arch
 
     def _is_official(self, state_dict):

@@ -162,9 +162,7 @@ class FibottentionViT(SparseBackbone):
 
     def _parse_arch(self, arch):
         arch = super()._parse_arch(arch)
-        if arch['embed_dims'] % arch['num_heads']:
-            raise ValueError(f"arch['num_heads']={arch['num_heads']} must divide "
-                             f"arch['embed_dims']={arch['embed_dims']}")
+        self._check_heads_fit("arch['num_heads']", arch['num_heads'], [arch['embed_dims']])
         return arch
 
     def _is_official(self, state_dict):

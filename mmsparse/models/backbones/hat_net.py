@@ -130,8 +130,8 @@ class HATNet(SparseBackbone):
         'large': dict(_PRESET_COMMON, dims=(64, 128, 320, 640), depths=(3, 8, 27, 3), kernel_sizes=(3, 3, 3, 3)),
     }
     num_stages = 4
-    _per_stage_keys = ('dims', 'depths', 'expansions', 'grid_sizes', 'ds_ratios', 'kernel_sizes')
-    arch_keys = _per_stage_keys + ('head_dim', )
+    per_stage_arch_keys = ('dims', 'depths', 'expansions', 'grid_sizes', 'ds_ratios', 'kernel_sizes')
+    arch_keys = per_stage_arch_keys + ('head_dim', )
 
     def __init__(self,
                  arch='small',
@@ -176,13 +176,7 @@ class HATNet(SparseBackbone):
 
     def _parse_arch(self, arch):
         arch = super()._parse_arch(arch)
-        for key in self._per_stage_keys:
-            if len(arch[key]) != self.num_stages:
-                raise ValueError(f"arch['{key}']={arch[key]} must have {self.num_stages} entries")
-        for dim in arch['dims']:
-            if dim % arch['head_dim']:
-                raise ValueError(f"arch['head_dim']={arch['head_dim']} must divide every dim, "
-                                 f"got dims={arch['dims']}")
+        self._check_heads_fit("arch['head_dim']", arch['head_dim'], arch['dims'])
         return arch
 
     @staticmethod

@@ -118,6 +118,7 @@ class NAT(SparseBackbone):
         'large': dict(embed_dims=192, depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), mlp_ratio=2.),
     }
     arch_keys = ('embed_dims', 'depths', 'num_heads', 'mlp_ratio')
+    per_stage_arch_keys = ('depths', 'num_heads')
     num_stages = 4
 
     def __init__(self,
@@ -167,13 +168,8 @@ class NAT(SparseBackbone):
 
     def _parse_arch(self, arch):
         arch = super()._parse_arch(arch)
-        for key in ('depths', 'num_heads'):
-            if len(arch[key]) != self.num_stages:
-                raise ValueError(f"arch['{key}']={arch[key]} must have {self.num_stages} entries")
-        for i, heads in enumerate(arch['num_heads']):
-            if (arch['embed_dims'] * 2**i) % heads:
-                raise ValueError(f"arch['num_heads'][{i}]={heads} must divide the stage width "
-                                 f"{arch['embed_dims']} * 2**{i} = {arch['embed_dims'] * 2**i}")
+        widths = [arch['embed_dims'] * 2**i for i in range(self.num_stages)]
+        self._check_heads_fit("arch['num_heads']", arch['num_heads'], widths)
         return arch
 
     def _parse_dilations(self, dilations):

@@ -145,7 +145,7 @@ def test_drop_path_rate_is_linear_over_blocks():
     (dict(arch='huge'), "arch='huge'"),
     (dict(arch=dict(embed_dims=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))), 'mlp_ratio'),
     (dict(arch=dict(TINY_ARCH, depths=(1, 1, 1))), 'depths'),
-    (dict(arch=dict(TINY_ARCH, num_heads=(3, 2, 4, 8))), r"num_heads'\]\[0\]=3"),
+    (dict(arch=dict(TINY_ARCH, num_heads=(3, 2, 4, 8))), r"num_heads'\]\[0\]=3 must divide the width 16 of stage 0"),
     (dict(arch=TINY_ARCH, dilations=[[1], [1, 2], [1, 3]]), 'dilations='),
     (dict(arch=TINY_ARCH, dilations=[[1, 2], [1, 2], [1, 3], [1]]), 'dilations='),
     (dict(arch=TINY_ARCH, kernel_size=6), 'kernel_size=6'),
