@@ -1,77 +1,420 @@
-"""Benchmark bi-level routing attention (BRA): PyTorch reference vs fused Triton kernels.
+"""Benchmark the sparse attention ops of ``mmsparse.ops``: PyTorch reference vs fused kernels vs dense SDPA.
 
-Times ``mmsparse.ops.bi_level_routing_attention`` (routing + token attention) on
-random NHWC inputs whose q/k/v are channel slices of one fused ``qkv`` tensor,
-as in the BiFormer block, and prints a table with milliseconds per call and
-peak CUDA memory::
+One sub-command per op; every sub-command prints a table with milliseconds per
+call, peak CUDA memory and speed-ups for each requested (backend, pass)::
 
-    python tools/analysis_tools/benchmark.py --batch 4 --size 56 --dim 128 \\
-        --heads 4 --n-win 7 --topk 4 --dtype float16
+    # bi-level routing attention (BiFormer): routing + token attention on NHWC maps
+    python tools/analysis_tools/benchmark.py bra --batch 4 --size 56 --dim 128 --heads 4 --n-win 7 --topk 4
 
-Passes: ``fwd`` is inference (under ``torch.no_grad``); ``fwd+bwd`` is a
-training step (forward with grad, backward of a random upstream gradient into
-the fused ``qkv`` leaf). The Triton backend needs CUDA; on a CPU-only machine
-only the torch backend runs and the script says so (memory columns read n/a).
+    # 2-D (dilated) neighborhood attention (NAT / DiNAT), with relative positional bias
+    python tools/analysis_tools/benchmark.py na2d --batch 2 --size 64 64 --heads 4 --head-dim 32 \\
+        --kernel-size 7 --dilation 1 [--no-rpb]
+
+    # Fibottention (ViT-S: 6 heads of 64) at several patch-token counts, one table per count
+    python tools/analysis_tools/benchmark.py fibottention --batch 2 --tokens 1024 4096 16384 --heads 6 \\
+        --head-dim 64 [--layer-id 0] [--layout 1d] [--mode sparse] [--no-cls]
+
+    # H-MHSA (HAT-Net): grid attention + cell pooling + global attention on NCHW maps
+    python tools/analysis_tools/benchmark.py hmhsa --batch 2 --size 56 56 --dim 128 --heads 2 \\
+        --grid-size 8 --ratio 8
+
+Common options (every sub-command): ``--dtype`` (default float16 on CUDA,
+float32 on CPU), ``--device`` (default cuda if available), ``--warmup``,
+``--iters``, ``--seed``, ``--passes`` (``fwd``, ``fwd+bwd``) and ``--backends``:
+
+* ``torch``: the op's PyTorch reference (``backend='torch'``);
+* ``triton``: the op's fast path (``backend='triton'``): the fused Triton kernels
+  for bra, na2d and fibottention; for hmhsa it is ``F.scaled_dot_product_attention``
+  inside the windows (no Triton kernel; it also runs on CPU);
+* ``dense-sdpa``: ``F.scaled_dot_product_attention`` on (B, heads, N, head_dim)
+  q/k/v with the same token count N and head dims, i.e. full dense attention at
+  that size, the baseline sparse attention has to beat;
+* ``official-mask`` (fibottention only): the official dense computation, logits
+  ``q @ k^T * scale`` multiplied by the 0/1 Fibottention mask (built once, outside
+  the timed loop), softmax, ``@ v``; the semantics of ``mode='official'``.
+
+The default is every backend of the op. Fibottention's ``--tokens N`` counts
+patch tokens: the grid is ``(1, N)`` for the 1-D layout and the most square
+factorisation ``gh x gw = N`` for the 2-D one; with CLS the sequence has N+1 tokens.
+The hmhsa op is the parameter-free part of an H-MHSA block:
+``grid_attention(q, k, v) + global_attention(q, pool(k), pool(v))`` (the block's
+norms and 1x1 projections are left out).
+
+Passes: ``fwd`` is inference (under ``torch.no_grad``); ``fwd+bwd`` is a training
+step (forward with grad, backward of a random upstream gradient into the input
+leaves). Timing uses CUDA events on GPU and ``time.perf_counter`` on CPU. The
+Triton kernels need CUDA: without it the triton backend is dropped with a note,
+unless ``TRITON_INTERPRET=1`` is set (Triton's CPU interpreter, slow; for tests).
 
 Peak memory is ``torch.cuda.max_memory_allocated()`` over the timed loop: the
-absolute value and the part above what was allocated before the loop (inputs),
-i.e. the op's own workspace, outputs and gradients.
+absolute value and the part above what was allocated before the loop (the
+inputs), i.e. the op's own workspace, outputs and gradients; ``n/a`` on CPU.
+``run(args)`` returns the table rows as dicts.
 
-Imports only torch, triton (for the Triton backend) and ``mmsparse.ops``; no
+Imports only torch, triton (lazily, through the ops) and ``mmsparse.ops``; no
 mmengine / mmcv needed.
 """
 import argparse
+import math
+import os
 import os.path as osp
 import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 try:
-    from mmsparse.ops import bi_level_routing_attention
+    import mmsparse.ops as ops
 except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-    from mmsparse.ops import bi_level_routing_attention
+    import mmsparse.ops as ops
+from mmsparse.ops.fibottention import LAYOUTS, MODES, fibottention_mask  # noqa: E402
 
 DTYPES = {'float16': torch.float16, 'fp16': torch.float16, 'bfloat16': torch.bfloat16,
           'bf16': torch.bfloat16, 'float32': torch.float32, 'fp32': torch.float32,
           'float64': torch.float64, 'fp64': torch.float64}
 PASSES = ('fwd', 'fwd+bwd')
+ALL_BACKENDS = ('torch', 'triton', 'dense-sdpa', 'official-mask')
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description='Benchmark BRA forward and forward+backward, torch vs triton backend.')
-    parser.add_argument('--batch', type=int, default=4, help='batch size N (default 4)')
+# ----------------------------------------------------------------------------- shared helpers
+
+def _randn(gen, shape, device, dtype):
+    """Seeded standard normal tensor (drawn on CPU, so the same numbers on every device)."""
+    return torch.randn(*shape, generator=gen).to(device, dtype)
+
+
+def _dense_sdpa(batch, heads, tokens, qk_dim, v_dim=None):
+    """Factory of the dense baseline: SDPA on (B, heads, N, head_dim) q/k/v, N = ``tokens``."""
+    v_dim = v_dim or qk_dim
+
+    def factory(device, dtype, gen):
+        q, k = (_randn(gen, (batch, heads, tokens, qk_dim), device, dtype) for _ in range(2))
+        v = _randn(gen, (batch, heads, tokens, v_dim), device, dtype)
+        return F.scaled_dot_product_attention, (q, k, v), (batch, heads, tokens, v_dim)
+
+    return factory
+
+
+def _check_positive(error, args, *names):
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            error(f'--{name.replace("_", "-")}={value} must be >= 1')
+
+
+def _map_size(size):
+    return tuple((list(size) * 2)[:2])
+
+
+class Case:
+    """One benchmarked configuration: a title and, per backend, a factory of (fn, leaves, out_shape).
+
+    ``factories[backend](device, dtype, gen)`` builds the inputs (untimed) and returns
+    ``fn`` (called as ``fn(*leaves)`` inside the timed loop), the input ``leaves``
+    and the output shape (for the upstream gradient of the backward pass).
+    ``fields`` are extra columns copied into every row (e.g. the token count).
+    """
+
+    def __init__(self, title, factories, **fields):
+        self.title, self.factories, self.fields = title, factories, fields
+
+
+# ----------------------------------------------------------------------------- bra
+
+def bra_args(parser):
+    parser.add_argument('--batch', type=int, default=4, help='batch size (default 4)')
     parser.add_argument('--size', type=int, nargs='+', default=[56], metavar='S',
-                        help='map size: one value (square) or H W (default 56); '
-                             'must be divisible by --n-win')
+                        help='map size: one value (square) or H W (default 56); divisible by --n-win')
     parser.add_argument('--dim', type=int, default=128, help='value channels Cv (default 128)')
     parser.add_argument('--qk-dim', type=int, default=None, help='q/k channels Cqk (default --dim)')
     parser.add_argument('--heads', type=int, default=4, help='attention heads (default 4)')
     parser.add_argument('--n-win', type=int, default=7, help='regions per side (default 7)')
     parser.add_argument('--topk', type=int, default=4, help='routed regions per query region (default 4)')
-    parser.add_argument('--dtype', choices=sorted(DTYPES), default=None,
-                        help='default float16 on CUDA, float32 on CPU')
-    parser.add_argument('--backends', nargs='+', choices=('torch', 'triton'), default=['torch', 'triton'])
-    parser.add_argument('--passes', nargs='+', choices=PASSES, default=list(PASSES))
-    parser.add_argument('--warmup', type=int, default=10, help='untimed calls first (default 10)')
-    parser.add_argument('--iters', type=int, default=50, help='timed calls (default 50)')
-    parser.add_argument('--device', default=None, help='default cuda if available, else cpu')
-    parser.add_argument('--seed', type=int, default=0)
+
+
+def bra_check(args, error):
+    args.qk_dim = args.qk_dim or args.dim
+    _check_positive(error, args, 'batch', 'dim', 'qk_dim', 'heads', 'n_win', 'topk')
+    height, width = _map_size(args.size)
+    if min(height, width) < 1:
+        error(f'--size={args.size} must be positive')
+    if height % args.n_win or width % args.n_win:
+        error(f'--size {height}x{width} is not divisible by --n-win={args.n_win}')
+    if args.topk > args.n_win ** 2:
+        error(f'--topk={args.topk} must be in [1, n_win**2 = {args.n_win ** 2}]')
+    for name in ('dim', 'qk_dim'):
+        if getattr(args, name) % args.heads:
+            error(f'--heads={args.heads} must divide --{name.replace("_", "-")}={getattr(args, name)}')
+
+
+def bra_cases(args):
+    height, width = _map_size(args.size)
+    c_qk, c_v, heads = args.qk_dim, args.dim, args.heads
+    rh, rw = height // args.n_win, width // args.n_win
+
+    def op(backend):
+        def factory(device, dtype, gen):
+            qkv = _randn(gen, (args.batch, height, width, 2 * c_qk + c_v), device, dtype)
+
+            def fn(leaf):  # q, k, v are channel slices of one fused qkv, as in the BiFormer block
+                q, k, v = leaf[..., :c_qk], leaf[..., c_qk:2 * c_qk], leaf[..., 2 * c_qk:]
+                return ops.bi_level_routing_attention(q, k, v, heads, args.n_win, args.topk, backend=backend)
+
+            return fn, (qkv, ), (args.batch, height, width, c_v)
+        return factory
+
+    tokens = height * width
+    factories = {'torch': op('torch'), 'triton': op('triton'),
+                 'dense-sdpa': _dense_sdpa(args.batch, heads, tokens, c_qk // heads, c_v // heads)}
+    yield Case(f'BRA: B={args.batch} HxW={height}x{width} (N={tokens}) Cqk={c_qk} Cv={c_v} heads={heads} '
+               f'n_win={args.n_win} (region {rh}x{rw} = {rh * rw} tokens) topk={args.topk}',
+               factories, tokens=tokens)
+
+
+# ----------------------------------------------------------------------------- na2d
+
+def na2d_args(parser):
+    parser.add_argument('--batch', type=int, default=2, help='batch size (default 2)')
+    parser.add_argument('--size', type=int, nargs='+', default=[64], metavar='S',
+                        help='map size: one value (square) or H W (default 64); >= kernel-size * dilation')
+    parser.add_argument('--heads', type=int, default=4, help='attention heads (default 4)')
+    parser.add_argument('--head-dim', type=int, default=32, help='channels per head (default 32)')
+    parser.add_argument('--kernel-size', type=int, default=7, help='odd window size >= 3 (default 7)')
+    parser.add_argument('--dilation', type=int, default=1, help='dilation >= 1 (default 1)')
+    parser.add_argument('--no-rpb', action='store_true', help='no relative positional bias')
+
+
+def na2d_check(args, error):
+    _check_positive(error, args, 'batch', 'heads', 'head_dim', 'dilation')
+    if args.kernel_size < 3 or args.kernel_size % 2 == 0:
+        error(f'--kernel-size={args.kernel_size} must be an odd int >= 3')
+    height, width = _map_size(args.size)
+    window = args.kernel_size * args.dilation
+    if min(height, width) < window:
+        error(f'--size {height}x{width} must be at least --kernel-size * --dilation = '
+              f'{args.kernel_size} * {args.dilation} = {window} on both sides')
+
+
+def na2d_cases(args):
+    height, width = _map_size(args.size)
+    b, heads, hd, ks = args.batch, args.heads, args.head_dim, args.kernel_size
+    shape = (b, heads, height, width, hd)
+
+    def op(backend):
+        def factory(device, dtype, gen):
+            leaves = tuple(_randn(gen, shape, device, dtype) for _ in range(3))
+            if not args.no_rpb:
+                leaves += (_randn(gen, (heads, 2 * ks - 1, 2 * ks - 1), device, dtype), )
+
+            def fn(q, k, v, rpb=None):
+                return ops.neighborhood_attention_2d(q, k, v, ks, args.dilation, rpb, backend=backend)
+
+            return fn, leaves, shape
+        return factory
+
+    tokens = height * width
+    factories = {'torch': op('torch'), 'triton': op('triton'),
+                 'dense-sdpa': _dense_sdpa(b, heads, tokens, hd)}
+    yield Case(f'NA2D: B={b} HxW={height}x{width} (N={tokens}) heads={heads} head_dim={hd} '
+               f'kernel_size={ks} dilation={args.dilation} rpb={not args.no_rpb}', factories, tokens=tokens)
+
+
+# ----------------------------------------------------------------------------- fibottention
+
+def fibottention_args(parser):
+    parser.add_argument('--batch', type=int, default=2, help='batch size (default 2)')
+    parser.add_argument('--tokens', type=int, nargs='+', default=[1024], metavar='N',
+                        help='patch token counts, one table each (default 1024); CLS excluded')
+    parser.add_argument('--heads', type=int, default=6, help='attention heads (default 6, ViT-S)')
+    parser.add_argument('--head-dim', type=int, default=64, help='channels per head (default 64)')
+    parser.add_argument('--layer-id', type=int, default=0, help='block index: head shuffle seed (default 0)')
+    parser.add_argument('--layout', choices=LAYOUTS, default='1d', help='offset layout (default 1d, official)')
+    parser.add_argument('--mode', choices=MODES, default='sparse',
+                        help='masked logits -inf (sparse) or 0 (official); default sparse')
+    parser.add_argument('--no-cls', action='store_true', help='no CLS token (sequence = N patch tokens)')
+
+
+def fibottention_check(args, error):
+    _check_positive(error, args, 'batch', 'heads', 'head_dim')
+    for n in args.tokens:
+        if n < 1:
+            error(f'--tokens={n} must be >= 1')
+    if args.layer_id < 0:
+        error(f'--layer-id={args.layer_id} must be >= 0')
+
+
+def square_grid(tokens):
+    """The most square ``(gh, gw)`` with ``gh * gw == tokens`` and ``gh <= gw``."""
+    gh = max(d for d in range(1, math.isqrt(tokens) + 1) if tokens % d == 0)
+    return gh, tokens // gh
+
+
+def fibottention_grid(tokens, layout):
+    return (1, tokens) if layout == '1d' else square_grid(tokens)
+
+
+def build_official_mask(pattern, with_cls, device=None, dtype=torch.float32):
+    """The 0/1 multiplicative mask (heads, T, T) of the official dense Fibottention, as ``dtype``."""
+    return fibottention_mask(pattern, with_cls).to(device=device, dtype=dtype)
+
+
+def official_mask_attention(q, k, v, mask, scale=None):
+    """Official dense Fibottention: ``softmax((q @ k^T * scale) * mask) @ v`` (masked logits are 0).
+
+    Args:
+        q, k, v (Tensor): (B, heads, T, D).
+        mask (Tensor): (heads, T, T) 0/1 in q's dtype, from :func:`build_official_mask`.
+        scale (float, optional): default ``D ** -0.5``.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = (q @ k.transpose(-2, -1)) * scale * mask
+    return logits.softmax(dim=-1) @ v
+
+
+def fibottention_cases(args):
+    b, heads, hd, with_cls = args.batch, args.heads, args.head_dim, not args.no_cls
+    for n in args.tokens:
+        grid = fibottention_grid(n, args.layout)
+        pattern = ops.fibottention_pattern(grid, heads, args.layer_id, args.layout)
+        seq = n + int(with_cls)
+        shape = (b, heads, seq, hd)
+
+        def qkv(device, dtype, gen, shape=shape):
+            return tuple(_randn(gen, shape, device, dtype) for _ in range(3))
+
+        def op(backend, pattern=pattern, qkv=qkv, shape=shape):
+            def factory(device, dtype, gen):
+                pat = pattern.to(device)
+
+                def fn(q, k, v):
+                    return ops.fibottention_attention(q, k, v, pat, mode=args.mode, with_cls=with_cls,
+                                                      backend=backend)
+
+                return fn, qkv(device, dtype, gen), shape
+            return factory
+
+        def official(device, dtype, gen, pattern=pattern, qkv=qkv, shape=shape):
+            mask = build_official_mask(pattern, with_cls, device, dtype)  # once, outside the timed loop
+            return (lambda q, k, v: official_mask_attention(q, k, v, mask)), qkv(device, dtype, gen), shape
+
+        factories = {'torch': op('torch'), 'triton': op('triton'),
+                     'dense-sdpa': _dense_sdpa(b, heads, seq, hd), 'official-mask': official}
+        kept = int(pattern.counts.sum())
+        yield Case(f'Fibottention: B={b} N={n} grid={grid[0]}x{grid[1]} layout={args.layout} tokens={seq} '
+                   f'(cls={with_cls}) heads={heads} head_dim={hd} layer_id={args.layer_id} mode={args.mode} '
+                   f'(offsets/head: {kept / heads:.1f} on average)', factories, tokens=seq)
+
+
+# ----------------------------------------------------------------------------- hmhsa
+
+def hmhsa_args(parser):
+    parser.add_argument('--batch', type=int, default=2, help='batch size (default 2)')
+    parser.add_argument('--size', type=int, nargs='+', default=[56], metavar='S',
+                        help='map size: one value (square) or H W (default 56)')
+    parser.add_argument('--dim', type=int, default=128, help='channels C (default 128)')
+    parser.add_argument('--heads', type=int, default=2, help='attention heads, dividing --dim (default 2)')
+    parser.add_argument('--grid-size', type=int, default=8, help='local window side G (default 8)')
+    parser.add_argument('--ratio', type=int, default=8, help='pooling cell side r (default 8)')
+
+
+def hmhsa_check(args, error):
+    _check_positive(error, args, 'batch', 'dim', 'heads', 'grid_size', 'ratio')
+    if min(_map_size(args.size)) < 1:
+        error(f'--size={args.size} must be positive')
+    if args.dim % args.heads:
+        error(f'--heads={args.heads} must divide --dim={args.dim}')
+
+
+def hmhsa_cases(args):
+    height, width = _map_size(args.size)
+    b, c, heads = args.batch, args.dim, args.heads
+    shape = (b, c, height, width)
+
+    def op(backend):
+        def factory(device, dtype, gen):
+            def fn(leaf):  # q, k, v are channel chunks of one fused qkv, as in the HAT-Net block
+                q, k, v = leaf.chunk(3, dim=1)
+                local = ops.grid_attention(q, k, v, heads, args.grid_size, backend=backend)
+                k_pool, v_pool = (ops.cell_average_pool(t, args.ratio) for t in (k, v))
+                return local + ops.global_attention(q, k_pool, v_pool, heads, backend=backend)
+
+            return fn, (_randn(gen, (b, 3 * c, height, width), device, dtype), ), shape
+        return factory
+
+    tokens = height * width
+    pooled = math.ceil(height / args.ratio) * math.ceil(width / args.ratio)
+    factories = {'torch': op('torch'), 'triton': op('triton'),
+                 'dense-sdpa': _dense_sdpa(b, heads, tokens, c // heads)}
+    yield Case(f'H-MHSA: B={b} HxW={height}x{width} (N={tokens}) C={c} heads={heads} grid_size={args.grid_size} '
+               f'ratio={args.ratio} ({pooled} pooled keys); triton = SDPA fast path', factories, tokens=tokens)
+
+
+# ----------------------------------------------------------------------------- the tool
+
+class Op:
+    def __init__(self, help, add_args, check, cases, backends, triton_needs_cuda=True):
+        self.help, self.add_args, self.check, self.cases = help, add_args, check, cases
+        self.backends, self.triton_needs_cuda = backends, triton_needs_cuda
+
+
+_BASE = ('torch', 'triton', 'dense-sdpa')
+OPS = {
+    'bra': Op('bi-level routing attention (BiFormer)', bra_args, bra_check, bra_cases, _BASE),
+    'na2d': Op('2-D (dilated) neighborhood attention (NAT, DiNAT)', na2d_args, na2d_check, na2d_cases, _BASE),
+    'fibottention': Op('Fibottention (ViT)', fibottention_args, fibottention_check, fibottention_cases,
+                       _BASE + ('official-mask', )),
+    'hmhsa': Op('H-MHSA grid + global attention (HAT-Net)', hmhsa_args, hmhsa_check, hmhsa_cases, _BASE,
+                triton_needs_cuda=False),
+}
+
+
+def build_parser():
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group('common options')
+    group.add_argument('--dtype', choices=sorted(DTYPES), default=None,
+                       help='default float16 on CUDA, float32 on CPU')
+    group.add_argument('--device', default=None, help='default cuda if available, else cpu')
+    group.add_argument('--warmup', type=int, default=10, help='untimed calls first (default 10)')
+    group.add_argument('--iters', type=int, default=50, help='timed calls (default 50)')
+    group.add_argument('--seed', type=int, default=0, help='input seed (default 0)')
+    group.add_argument('--passes', nargs='+', choices=PASSES, default=list(PASSES))
+    group.add_argument('--backends', nargs='+', choices=ALL_BACKENDS, default=None,
+                       help='default: every backend of the op (official-mask is fibottention only)')
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest='op', metavar='OP', required=True,
+                                       help=', '.join(OPS))
+    parser.op_parsers = {}
+    for name, op in OPS.items():
+        sub = subparsers.add_parser(name, parents=[common], help=op.help, description=op.help)
+        op.add_args(sub)
+        parser.op_parsers[name] = sub
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if len(args.size) not in (1, 2):
-        parser.error(f'--size takes one or two values, got {args.size}')
-    for name in ('batch', 'dim', 'heads', 'n_win', 'topk', 'iters'):
-        if getattr(args, name) < 1:
-            parser.error(f'--{name.replace("_", "-")}={getattr(args, name)} must be >= 1')
+    error = parser.op_parsers[args.op].error
+    op = OPS[args.op]
+    if args.iters < 1:
+        error(f'--iters={args.iters} must be >= 1')
     if args.warmup < 0:
-        parser.error(f'--warmup={args.warmup} must be >= 0')
+        error(f'--warmup={args.warmup} must be >= 0')
+    if len(getattr(args, 'size', [1])) not in (1, 2):
+        error(f'--size takes one or two values, got {args.size}')
+    args.backends = list(dict.fromkeys(args.backends or op.backends))
+    for backend in args.backends:
+        if backend not in op.backends:
+            error(f'--backends {backend} is not available for {args.op}; choose from {", ".join(op.backends)}')
+    op.check(args, error)
     return args
 
 
 class _Timer:
-    """Wall time per call: CUDA events on GPU (asynchronous launches), perf_counter on CPU."""
+    """Wall time: CUDA events on GPU (asynchronous launches), perf_counter on CPU."""
 
     def __init__(self, device):
         self.cuda = device.type == 'cuda'
@@ -94,35 +437,36 @@ class _Timer:
             self.ms = (time.perf_counter() - self.t0) * 1e3
 
 
-def _make_inputs(args, device, dtype):
-    height, width = (args.size * 2)[:2]
-    c_qk = args.qk_dim or args.dim
-    gen = torch.Generator(device='cpu').manual_seed(args.seed)
-    qkv = torch.randn(args.batch, height, width, 2 * c_qk + args.dim, generator=gen).to(device, dtype)
-    grad_out = torch.randn(args.batch, height, width, args.dim, generator=gen).to(device, dtype)
-    return qkv, grad_out, c_qk
-
-
-def bench_one(args, backend, pass_name, qkv, grad_out, c_qk):
-    """Return (ms per call, peak MiB, peak MiB above the inputs) for one backend and pass."""
-    device = qkv.device
-    leaf = qkv.detach().requires_grad_(pass_name == 'fwd+bwd')
+def make_step(factory, pass_name, device, dtype, seed):
+    """Build the inputs of one backend (untimed) and return ``(step, leaves)``."""
+    gen = torch.Generator(device='cpu').manual_seed(seed)
+    fn, leaves, out_shape = factory(device, dtype, gen)
+    train = pass_name == 'fwd+bwd'
+    for leaf in leaves:
+        leaf.requires_grad_(train)
+    grad_out = _randn(gen, out_shape, device, dtype) if train else None
 
     def step():
-        q, k, v = leaf[..., :c_qk], leaf[..., c_qk:2 * c_qk], leaf[..., 2 * c_qk:]
-        if pass_name == 'fwd':
+        if not train:
             with torch.no_grad():
-                bi_level_routing_attention(q, k, v, args.heads, args.n_win, args.topk, backend=backend)
-        else:
+                fn(*leaves)
+            return
+        for leaf in leaves:
             leaf.grad = None
-            out = bi_level_routing_attention(q, k, v, args.heads, args.n_win, args.topk, backend=backend)
-            out.backward(grad_out)
+        fn(*leaves).backward(grad_out)
 
+    return step, leaves
+
+
+def bench_one(args, factory, pass_name, device, dtype):
+    """Return (ms per call, peak MiB, peak MiB above the inputs) for one backend and pass."""
+    step, leaves = make_step(factory, pass_name, device, dtype, args.seed)
     for _ in range(args.warmup):
         step()
     peak = extra = None
     if device.type == 'cuda':
-        leaf.grad = None
+        for leaf in leaves:
+            leaf.grad = None
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -135,45 +479,52 @@ def bench_one(args, backend, pass_name, qkv, grad_out, c_qk):
     return timer.ms / args.iters, peak, extra
 
 
+def _usable_backends(args, device):
+    backends = list(args.backends)
+    interpret = os.environ.get('TRITON_INTERPRET', '0') == '1'
+    if 'triton' in backends and OPS[args.op].triton_needs_cuda and device.type != 'cuda' and not interpret:
+        print(f'note: the triton backend needs CUDA (or TRITON_INTERPRET=1); device is {device}, so it '
+              'is skipped (and no CUDA memory is reported)')
+        backends.remove('triton')
+    return backends
+
+
 def run(args):
-    """Run every requested (backend, pass); return the table rows as dicts."""
+    """Run every requested (case, backend, pass); print one table per case and return all rows as dicts."""
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == 'cuda' else torch.float32)
-    backends = list(args.backends)
-    if device.type != 'cuda' and 'triton' in backends:
-        print(f'note: the triton backend needs CUDA; device is {device}, so only the torch '
-              'backend runs (and no CUDA memory is reported)')
-        backends.remove('triton')
-    qkv, grad_out, c_qk = _make_inputs(args, device, dtype)
-    height, width = qkv.shape[1:3]
-    if height % args.n_win or width % args.n_win:
-        raise SystemExit(f'error: map {height}x{width} is not divisible by --n-win={args.n_win}')
-    rh, rw = height // args.n_win, width // args.n_win
+    backends = _usable_backends(args, device)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
-    print(f'BRA benchmark: N={args.batch} HxW={height}x{width} Cqk={c_qk} Cv={args.dim} '
-          f'heads={args.heads} n_win={args.n_win} (region {rh}x{rw} = {rh * rw} tokens) '
-          f'topk={args.topk} dtype={str(dtype).replace("torch.", "")} device={name} '
-          f'warmup={args.warmup} iters={args.iters}')
     rows = []
-    for pass_name in args.passes:
-        for backend in backends:
-            ms, peak, extra = bench_one(args, backend, pass_name, qkv, grad_out, c_qk)
-            rows.append(dict(backend=backend, pass_=pass_name, ms=ms, peak=peak, extra=extra))
-    print(format_table(rows))
+    for case in OPS[args.op].cases(args):
+        print(f'{case.title}\n  dtype={str(dtype).replace("torch.", "")} device={name} '
+              f'warmup={args.warmup} iters={args.iters}')
+        case_rows = []
+        for pass_name in args.passes:
+            for backend in backends:
+                ms, peak, extra = bench_one(args, case.factories[backend], pass_name, device, dtype)
+                case_rows.append(dict(op=args.op, **case.fields, backend=backend, pass_=pass_name,
+                                      ms=ms, peak=peak, extra=extra))
+        print(format_table(case_rows) + '\n')
+        rows += case_rows
     return rows
 
 
 def format_table(rows):
+    """Text table of one case's rows, with speed-ups vs torch and (when timed) vs dense-sdpa."""
     def mib(x):
         return 'n/a' if x is None else f'{x:.1f}'
 
-    header = ('backend', 'pass', 'ms/call', 'peak MiB', 'peak above inputs MiB', 'speedup vs torch')
-    torch_ms = {r['pass_']: r['ms'] for r in rows if r['backend'] == 'torch'}
+    refs = [ref for ref in ('torch', 'dense-sdpa') if any(r['backend'] == ref for r in rows)]
+    ref_ms = {ref: {r['pass_']: r['ms'] for r in rows if r['backend'] == ref} for ref in refs}
+    header = ('backend', 'pass', 'ms/call', 'peak MiB', 'peak above inputs MiB') + tuple(f'vs {ref}' for ref in refs)
     lines = []
     for r in rows:
-        ref = torch_ms.get(r['pass_'])
-        speedup = f'{ref / r["ms"]:.2f}x' if ref and r['ms'] > 0 else '-'
-        lines.append((r['backend'], r['pass_'], f'{r["ms"]:.3f}', mib(r['peak']), mib(r['extra']), speedup))
+        speedups = []
+        for ref in refs:
+            base = ref_ms[ref].get(r['pass_'])
+            speedups.append(f'{base / r["ms"]:.2f}x' if base and r['ms'] > 0 else '-')
+        lines.append((r['backend'], r['pass_'], f'{r["ms"]:.3f}', mib(r['peak']), mib(r['extra']), *speedups))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = '  '.join(f'{{:<{w}}}' for w in widths)
     out = [fmt.format(*header), fmt.format(*('-' * w for w in widths))]

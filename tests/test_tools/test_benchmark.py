@@ -1,0 +1,126 @@
+"""tools/analysis_tools/benchmark.py: sub-commands, rows, baselines and argument errors (CPU, tiny sizes)."""
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mmsparse.ops import fibottention_attention, fibottention_pattern
+
+from ..conftest import REPO_ROOT, load_tool
+
+bench = load_tool('analysis_tools/benchmark.py')
+
+FAST = ['--warmup', '0', '--iters', '1', '--device', 'cpu', '--dtype', 'float32']
+TINY = {
+    'bra': ['--batch', '1', '--size', '8', '--dim', '16', '--heads', '2', '--n-win', '2', '--topk', '2'],
+    'na2d': ['--batch', '1', '--size', '9', '10', '--heads', '2', '--head-dim', '8', '--kernel-size', '3',
+             '--dilation', '2'],
+    'fibottention': ['--batch', '1', '--tokens', '16', '30', '--heads', '3', '--head-dim', '8'],
+    'hmhsa': ['--batch', '1', '--size', '10', '12', '--dim', '16', '--heads', '2', '--grid-size', '4',
+              '--ratio', '3'],
+}
+# dense token count of every case: H*W, or N + CLS for fibottention
+TOKENS = {'bra': [64], 'na2d': [90], 'fibottention': [17, 31], 'hmhsa': [120]}
+
+
+def _run(argv):
+    return bench.run(bench.parse_args(argv))
+
+
+@pytest.mark.parametrize('op', sorted(TINY))
+def test_every_op_runs_on_cpu(op, capsys):
+    backends = ['torch', 'dense-sdpa'] + (['official-mask'] if op == 'fibottention' else [])
+    rows = _run([op] + TINY[op] + FAST + ['--backends'] + backends)
+    expected = [(n, p, b) for n in TOKENS[op] for p in bench.PASSES for b in backends]
+    assert [(r['tokens'], r['pass_'], r['backend']) for r in rows] == expected
+    for r in rows:
+        assert r['op'] == op
+        assert math.isfinite(r['ms']) and r['ms'] > 0
+        assert r['peak'] is None and r['extra'] is None
+    out = capsys.readouterr().out
+    assert out.count('vs dense-sdpa') == len(TOKENS[op])  # one table per case, with both speed-up columns
+    assert 'vs torch' in out and 'n/a' in out
+
+
+def test_default_backends_and_triton_note(monkeypatch, capsys):
+    args = bench.parse_args(['fibottention'] + TINY['fibottention'])
+    assert args.backends == ['torch', 'triton', 'dense-sdpa', 'official-mask']
+    assert bench.parse_args(['bra']).backends == ['torch', 'triton', 'dense-sdpa']
+    with monkeypatch.context() as m:
+        # nothing imports triton in here: triton reads TRITON_INTERPRET once, when first imported
+        m.delenv('TRITON_INTERPRET', raising=False)
+        rows = _run(['na2d'] + TINY['na2d'] + FAST + ['--passes', 'fwd', '--backends', 'torch', 'triton'])
+    assert [r['backend'] for r in rows] == ['torch']
+    assert 'triton backend needs CUDA' in capsys.readouterr().out
+    # hmhsa's triton backend is the SDPA fast path: it runs without CUDA
+    rows = _run(['hmhsa'] + TINY['hmhsa'] + FAST + ['--passes', 'fwd', '--backends', 'triton'])
+    assert [r['backend'] for r in rows] == ['triton']
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the interpreter path on CPU')
+def test_na2d_triton_in_interpreter(monkeypatch):
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    rows = _run(['na2d', '--batch', '1', '--size', '5', '--heads', '1', '--head-dim', '16', '--kernel-size', '3']
+                + FAST + ['--passes', 'fwd', '--backends', 'triton'])
+    assert [(r['backend'], r['pass_']) for r in rows] == [('triton', 'fwd')]
+    assert rows[0]['ms'] > 0
+
+
+@pytest.mark.parametrize('layout,with_cls', [('1d', True), ('2d', True), ('1d', False)])
+def test_official_mask_baseline_matches_official_mode(layout, with_cls):
+    n, heads, dim = 30, 3, 8
+    grid = bench.fibottention_grid(n, layout)
+    assert grid == ((1, 30) if layout == '1d' else (5, 6))
+    pattern = fibottention_pattern(grid, heads, 1, layout)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, heads, n + with_cls, dim, generator=gen) for _ in range(3))
+    mask = bench.build_official_mask(pattern, with_cls)
+    assert mask.dtype == torch.float32 and set(mask.unique().tolist()) == {0.0, 1.0}
+    baseline = bench.official_mask_attention(q, k, v, mask)
+    official = fibottention_attention(q, k, v, pattern, mode='official', with_cls=with_cls, backend='torch')
+    torch.testing.assert_close(baseline, official, atol=1e-5, rtol=1e-5)
+    # and it is not the sparse (-inf) semantics: the comparison above can fail
+    sparse = fibottention_attention(q, k, v, pattern, mode='sparse', with_cls=with_cls, backend='torch')
+    assert (baseline - sparse).abs().max() > 1e-3
+
+
+def test_square_grid():
+    assert bench.square_grid(1024) == (32, 32)
+    assert bench.square_grid(4096) == (64, 64)
+    assert bench.square_grid(16384) == (128, 128)
+    assert bench.square_grid(30) == (5, 6)
+    assert bench.square_grid(13) == (1, 13)
+
+
+@pytest.mark.parametrize('argv,needle', [
+    (['na2d', '--kernel-size', '4'], '--kernel-size=4'),
+    (['na2d', '--size', '10', '--kernel-size', '7', '--dilation', '2'], '--kernel-size * --dilation'),
+    (['bra', '--size', '10', '--n-win', '3'], '--n-win=3'),
+    (['bra', '--n-win', '2', '--size', '8', '--topk', '5'], '--topk=5'),
+    (['bra', '--dim', '10', '--heads', '4'], '--heads=4'),
+    (['hmhsa', '--dim', '10', '--heads', '4'], '--heads=4'),
+    (['hmhsa', '--backends', 'official-mask'], 'official-mask'),
+    (['fibottention', '--tokens', '1024', '0'], '--tokens=0'),
+    (['fibottention', '--iters', '0'], '--iters=0'),
+    (['na2d', '--size', '9', '9', '9'], '--size'),
+])
+def test_bad_input_names_the_argument(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and f' {argv[0]}: error: ' in err
+
+
+def test_script_runs_standalone():
+    """From the checkout, without mmengine: only torch and mmsparse.ops are imported."""
+    code = ('import runpy, sys; sys.argv = ["benchmark.py", "hmhsa", "--batch", "1", "--size", "4", "--dim", "4", '
+            '"--heads", "1", "--grid-size", "2", "--ratio", "2", "--warmup", "0", "--iters", "1", '
+            '"--device", "cpu", "--passes", "fwd", "--backends", "torch"]; '
+            'runpy.run_path("tools/analysis_tools/benchmark.py", run_name="__main__"); '
+            'assert not any(m.split(".")[0] in ("mmengine", "mmcv", "mmdet", "mmseg") for m in sys.modules)')
+    result = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert 'H-MHSA' in result.stdout
