@@ -12,13 +12,15 @@ BACKENDS = ('auto', 'torch', 'triton')
 ENV_VAR = 'MMSPARSE_ATTN_BACKEND'
 
 
-def resolve_backend(backend, *tensors):
+def resolve_backend(backend, *tensors, needs_triton=True):
     """Return ``'torch'`` or ``'triton'`` for a call on ``tensors``.
 
     Args:
         backend (str | None): ``'auto'``, ``'torch'``, ``'triton'`` or None (defer
             to ``MMSPARSE_ATTN_BACKEND``, default ``'auto'``).
         *tensors (Tensor): the op's inputs; ``'auto'`` looks at their device.
+        needs_triton (bool): whether the op's fast path is a Triton kernel. Ops whose
+            fast path is plain PyTorch (H-MHSA's SDPA) take it without triton installed.
     """
     source = 'backend'
     if backend is None:
@@ -28,8 +30,8 @@ def resolve_backend(backend, *tensors):
                          f'expected one of {BACKENDS}')
     if backend == 'auto':
         on_cuda = all(t.is_cuda for t in tensors)
-        return 'triton' if on_cuda and triton_available() else 'torch'
-    if backend == 'triton' and not triton_available():
+        return 'triton' if on_cuda and (triton_available() or not needs_triton) else 'torch'
+    if backend == 'triton' and needs_triton and not triton_available():
         raise RuntimeError(f'{source}=\'triton\' was requested but triton is not installed')
     return backend
 

@@ -144,6 +144,22 @@ def test_sdpa_matches_reference_float32():
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize('h,w,g', [(16, 16, 8), (13, 22, 7)])
+def test_sdpa_path_runs_on_fused_kernels_only(h, w, g):
+    """Both steps must reach a fused kernel: with the math fallback disabled, SDPA raises
+    "No available kernel" unless q/k/v have a unit stride on the head dim."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    q, k, v = (randn(1, 16, h, w, seed=s, dtype=torch.float32) for s in range(3))
+    pooled_k, pooled_v = cell_average_pool(k, 4), cell_average_pool(v, 4)
+    expected = (grid_attention(q, k, v, 2, g, backend='torch'),
+                global_attention(q, pooled_k, pooled_v, 2, backend='torch'))
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+        fused = (grid_attention(q, k, v, 2, g, backend='triton'),
+                 global_attention(q, pooled_k, pooled_v, 2, backend='triton'))
+    for out, ref in zip(fused, expected):
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 @pytest.fixture
@@ -171,6 +187,14 @@ def test_dispatch(spies, monkeypatch):
     assert spies == ['torch', 'sdpa', 'sdpa', 'torch']
     with pytest.raises(ValueError, match="backend='cuda'"):
         grid_attention(x, x, x, 2, 4, backend='cuda')
+
+
+def test_sdpa_fast_path_does_not_need_triton(spies, monkeypatch):
+    """H-MHSA's fast path is PyTorch's SDPA: asking for it must work without triton."""
+    monkeypatch.setattr('mmsparse.ops._dispatch.triton_available', lambda: False)
+    x = randn(1, 4, 5, 6)
+    grid_attention(x, x, x, 2, 4, backend='triton')
+    assert spies == ['sdpa']
 
 
 @pytest.mark.parametrize('call,match', [

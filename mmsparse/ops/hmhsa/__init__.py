@@ -25,7 +25,8 @@ from .sdpa import attention_sdpa
 
 
 def _attention_core(backend, *tensors):
-    return attention_sdpa if resolve_backend(backend, *tensors) == 'triton' else attention_reference
+    fast = resolve_backend(backend, *tensors, needs_triton=False) == 'triton'
+    return attention_sdpa if fast else attention_reference
 
 
 def _check_maps(name_to_map, num_heads):

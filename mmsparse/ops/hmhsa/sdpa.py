@@ -20,4 +20,7 @@ def attention_sdpa(q, k, v, scale, key_mask=None):
     Returns:
         Tensor: (B, heads, Lq, d).
     """
+    # Every fused kernel (flash, memory-efficient, CPU flash) needs a unit stride on the head
+    # dim; token views of NCHW maps have stride H*W there and would fall back to the math kernel.
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)
