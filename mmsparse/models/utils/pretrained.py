@@ -13,11 +13,13 @@ def load_pretrained_weights(model, checkpoint, convert=None, is_official=None, p
 
     Args:
         model (nn.Module): the backbone.
-        checkpoint (str): path of an official, mmsparse or full mmdet/mmseg checkpoint.
+        checkpoint (str): path or URL (``https://``, ``open-mmlab://`` ...) of an official,
+            mmsparse or full mmdet/mmseg checkpoint.
         convert (callable, optional): maps official keys to mmsparse keys.
         is_official (callable, optional): tells whether a state dict needs ``convert``.
         prefix (str, optional): keep only keys under this prefix (e.g. ``'backbone.'``)
-            and strip it. By default a ``backbone.`` prefix shared by every key is stripped.
+            and strip it. By default, when any key starts with ``backbone.`` (a backbone or a
+            whole detector/segmentor saved by MMEngine), only those keys are kept.
         strict (bool): raise on missing, unexpected or mis-shaped keys (default);
             if False they are logged as warnings and the rest is loaded.
         tolerated_keys (Sequence[str]): regexes of keys allowed to be missing or
@@ -26,16 +28,17 @@ def load_pretrained_weights(model, checkpoint, convert=None, is_official=None, p
 
     Raises:
         RuntimeError: with ``strict``, naming every offending key, before any
-            weight is copied (nothing is half-loaded).
-        FileNotFoundError: if ``checkpoint`` is not a file.
+            weight is copied (nothing is half-loaded); and whatever ``strict`` says,
+            when not a single tensor of the checkpoint fits the model.
+        FileNotFoundError: if a local ``checkpoint`` is not a file.
     """
-    if not osp.isfile(checkpoint):
+    if '://' not in checkpoint and not osp.isfile(osp.expanduser(checkpoint)):
         raise FileNotFoundError(
             f'{type(model).__name__}: init_cfg checkpoint={checkpoint!r} does not exist. Download '
             'the official weights (see the config folder README) or set '
             'model.backbone.init_cfg=None to train from scratch.')
     state_dict = load_state_dict_from_checkpoint(checkpoint)
-    if prefix is None and state_dict and all(k.startswith('backbone.') for k in state_dict):
+    if prefix is None and any(k.startswith('backbone.') for k in state_dict):
         prefix = 'backbone.'
     if prefix:
         state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -71,5 +74,8 @@ def load_pretrained_weights(model, checkpoint, convert=None, is_official=None, p
         print_log(f'{name}: keys not in both model and checkpoint (expected, they keep their '
                   f'init or are unused): {", ".join(skipped)}', logger='current')
     loadable = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
+    if not loadable:
+        raise RuntimeError(f'{name}: not a single tensor of checkpoint {checkpoint} fits the model; '
+                           'is it a checkpoint of this backbone? ' + '; '.join(problems))
     model.load_state_dict(loadable, strict=False)
     print_log(f'{name}: loaded {len(loadable)}/{len(own)} tensors from {checkpoint}', logger='current')

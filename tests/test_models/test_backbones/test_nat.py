@@ -184,9 +184,13 @@ def test_init_cfg_loads_official_imagenet_checkpoint(backbone_fixture, tmp_path)
 
 
 def test_init_cfg_loads_official_dense_checkpoint(backbone_fixture, tmp_path):
-    """An official mmdet/mmseg checkpoint: 'state_dict', keys under 'backbone.', norm0..3 included."""
+    """An official mmdet/mmseg checkpoint: 'state_dict', keys under 'backbone.' beside the neck
+    and head, norm0..3 included."""
     path = str(tmp_path / 'official_dense.pth')
-    torch.save({'state_dict': {f'backbone.{k}': v for k, v in backbone_fixture['state_dict'].items()}}, path)
+    state_dict = {f'backbone.{k}': v for k, v in backbone_fixture['state_dict'].items()}
+    state_dict.update({'neck.lateral_convs.0.conv.weight': torch.zeros(256, 64, 1, 1),
+                       'decode_head.conv_seg.weight': torch.zeros(150, 512, 1, 1)})
+    torch.save({'state_dict': state_dict}, path)
     model = NAT(**official_config_to_kwargs(backbone_fixture['config']),
                 init_cfg=dict(type='Pretrained', checkpoint=path)).double().eval()
     model.init_weights()
