@@ -179,7 +179,16 @@ class NAT(SparseBackbone):
                 len(stage) != depth for stage, depth in zip(dilations, self.depths)):
             raise ValueError(f'dilations={dilations} must hold one list per stage with one entry per '
                              f'layer, i.e. lengths {self.depths}')
-        return [list(stage) for stage in dilations]
+        parsed = []
+        for i, stage in enumerate(dilations):
+            parsed.append([])
+            for j, dilation in enumerate(stage):
+                # The official model reads a missing (None) dilation as 1.
+                dilation = 1 if dilation is None else dilation
+                if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
+                    raise ValueError(f'dilations[{i}][{j}]={dilation!r} must be an int >= 1 or None')
+                parsed[-1].append(dilation)
+        return parsed
 
     def _is_official(self, state_dict):
         return is_official_nat(state_dict)

@@ -38,6 +38,8 @@ def drop_path_rates(drop_path_rate, depths):
     Returns:
         list[list[float]]: one list per stage, ``len(rates[i]) == depths[i]``.
     """
+    if not 0. <= drop_path_rate < 1.:
+        raise ValueError(f'drop_path_rate={drop_path_rate} must be in [0, 1)')
     rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
     per_stage, start = [], 0
     for depth in depths:

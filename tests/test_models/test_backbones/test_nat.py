@@ -104,6 +104,11 @@ def test_out_indices_select_maps_and_norms():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_none_dilation_means_one():
+    model = NAT(TINY_ARCH, dilations=[[None], [1, None], [2, 3], [1]])
+    assert model.dilations == [[1], [1, 1], [2, 3], [1]]
+
+
 def test_layer_scale_and_dilations_reach_the_blocks():
     model = NAT(TINY_ARCH, dilations=TINY_DILATIONS, layer_scale=0.5)
     blocks = [b for stage in model.stages for b in stage]
@@ -149,7 +154,9 @@ def test_drop_path_rate_is_linear_over_blocks():
     (dict(arch=TINY_ARCH, dilations=[[1], [1, 2], [1, 3]]), 'dilations='),
     (dict(arch=TINY_ARCH, dilations=[[1, 2], [1, 2], [1, 3], [1]]), 'dilations='),
     (dict(arch=TINY_ARCH, kernel_size=6), 'kernel_size=6'),
-    (dict(arch=TINY_ARCH, dilations=[[0], [1, 2], [1, 3], [1]]), 'dilation=0'),
+    (dict(arch=TINY_ARCH, dilations=[[0], [1, 2], [1, 3], [1]]), r'dilations\[0\]\[0\]=0'),
+    (dict(arch=TINY_ARCH, dilations=[[1], [1, 2], [1, 2.5], [1]]), r'dilations\[2\]\[1\]=2.5'),
+    (dict(arch=TINY_ARCH, drop_path_rate=1.0), 'drop_path_rate=1.0'),
     (dict(arch=TINY_ARCH, out_indices=(4, )), 'out_indices'),
     (dict(arch=TINY_ARCH, frozen_stages=4), 'frozen_stages=4'),
 ])
