@@ -55,6 +55,45 @@ def test_nat_cascade_uses_the_detr_crop_pipeline_and_3x_schedule(path):
     assert cfg.model.backbone.type == 'mmsparse.NAT'
 
 
+ADE_DILATIONS = [[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]]
+COCO_DILATIONS = [[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3, 1, 3, 1]]
+NO_DECAY_ON_RPB_AND_NORMS = {'rpb': dict(decay_mult=0.), 'norm': dict(decay_mult=0.)}
+
+
+@pytest.mark.parametrize('path,dilations', [
+    ('configs/nat/upernet_nat-t_8xb2-160k_ade20k-512x512.py', None),
+    ('configs/nat/upernet_dinat-t_8xb2-160k_ade20k-512x512.py', ADE_DILATIONS),
+])
+def test_nat_upernet_uses_the_official_recipe(path, dilations):
+    """docs/nat.md 2.5-2.6: AdamW 6e-5 wd 0.01, 1500-iter warmup from 1e-6, poly(1) to 160k."""
+    cfg = load(path)
+    backbone = cfg.model.backbone
+    assert (backbone.arch, backbone.kernel_size, backbone.drop_path_rate) == ('tiny', 7, 0.3)
+    assert backbone.get('dilations') == dilations
+    optimizer = cfg.optim_wrapper.optimizer
+    assert (optimizer.type, optimizer.lr, optimizer.weight_decay) == ('AdamW', 6e-5, 0.01)
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys == NO_DECAY_ON_RPB_AND_NORMS
+    warmup, poly = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.end) == ('LinearLR', 1e-6, 1500)
+    assert (poly.type, poly.power, poly.eta_min, poly.begin, poly.end) == ('PolyLR', 1.0, 0.0, 1500, 160000)
+    assert cfg.train_cfg.max_iters == 160000 and cfg.train_dataloader.batch_size == 2
+    assert tuple(cfg.crop_size) == (512, 512)
+    assert cfg.model.decode_head.in_channels == [64, 128, 256, 512]
+    assert cfg.model.auxiliary_head.in_channels == 256
+
+
+@pytest.mark.parametrize('path', ['configs/nat/mask-rcnn_nat-t_fpn_1x_coco.py',
+                                  'configs/nat/mask-rcnn_dinat-t_fpn_1x_coco.py',
+                                  'configs/nat/retinanet_dinat-t_fpn_1x_coco.py'] + NAT_CASCADE)
+def test_nat_coco_configs_use_the_official_optimiser_and_dilations(path):
+    cfg = load(path)
+    optimizer = cfg.optim_wrapper.optimizer
+    assert (optimizer.type, optimizer.lr, optimizer.weight_decay) == ('AdamW', 1e-4, 0.05)
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys == NO_DECAY_ON_RPB_AND_NORMS
+    expected = COCO_DILATIONS if 'dinat' in path else None
+    assert cfg.model.backbone.get('dilations') == expected
+
+
 CONFIG_FILES = sorted(glob.glob(osp.join(REPO_ROOT, 'configs', '*', '*.py')))
 
 
