@@ -11,6 +11,7 @@ Tolerances: float64 atol 1e-10 / rtol 1e-8 (fixture and kernel); float32 atol 2e
 rtol 1e-4 (as ``fixtures/official/nat.md``).
 """
 import os
+import random
 import subprocess
 import sys
 
@@ -121,7 +122,21 @@ CASES = [
     (1, 1, 5, 7, 64, 5, 1, False),      # no rpb, H = k
     (1, 1, 5, 6, 128, 5, 1, True),      # head dim 128
     (1, 1, 17, 16, 16, 3, 1, True),     # 272 tokens: two query blocks in the interpreter
+    (1, 2, 14, 15, 64, 7, 2, True),     # the presets' k=7, dilated, head dim 64 with rpb
+    (1, 1, 22, 23, 32, 11, 2, True),    # k=11 (DiNAT-L kernels), W classes of 12/11
 ]
+
+
+def _random_case(seed):
+    """A random shape: k in 3..7, d in 1..3, sides in [k*d, k*d + 7], head dim 16/32/64/128."""
+    rng = random.Random(seed)
+    kernel_size, dilation = rng.choice((3, 5, 7)), rng.randint(1, 3)
+    height, width = (kernel_size * dilation + rng.randint(0, 7) for _ in range(2))
+    return (1, rng.randint(1, 2), height, width, rng.choice((16, 32, 64, 128)),
+            kernel_size, dilation, rng.random() < 0.75)
+
+
+CASES += [_random_case(seed) for seed in range(3)]
 
 
 def _random_inputs(batch, heads, height, width, head_dim, kernel_size, with_rpb, dtype, seed):
@@ -132,7 +147,8 @@ def _random_inputs(batch, heads, height, width, head_dim, kernel_size, with_rpb,
     return (q, k, v, rpb if with_rpb else None), grad_out
 
 
-# Every case in float64, two in float32 (the interpreter is slow).
+# Every case in float64, two in float32 (the interpreter is slow). The random shapes are
+# seeded, so a failure names a reproducible case.
 DTYPE_CASES = [case + (torch.float64, ) for case in CASES] + [CASES[i] + (torch.float32, ) for i in (1, 4)]
 
 
