@@ -1,12 +1,16 @@
 """mmsparse's registries, children of MMEngine's root registries.
 
-``type='mmsparse.BiFormer'`` resolves from any default scope (``mmdet``, ``mmseg``):
-the ``mmsparse.`` prefix sends the lookup here, and ``locations`` imports
-``mmsparse.models`` on first use, so ``custom_imports`` is optional.
+``type='mmsparse.BiFormer'`` (or ``'mmsparse.AlignResize'`` in a pipeline) resolves from
+any default scope (``mmdet``, ``mmseg``): the ``mmsparse.`` prefix sends the lookup here,
+and ``locations`` imports ``mmsparse.models`` / ``mmsparse.datasets`` on first use, so
+``custom_imports`` is optional.
 """
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmsparse', locations=['mmsparse.models'])
+TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='mmsparse',
+                      locations=['mmsparse.datasets'])
 
-__all__ = ['MODELS']
+__all__ = ['MODELS', 'TRANSFORMS']

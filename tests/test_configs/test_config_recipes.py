@@ -94,6 +94,32 @@ def test_nat_coco_configs_use_the_official_optimiser_and_dilations(path):
     assert cfg.model.backbone.get('dilations') == expected
 
 
+@pytest.mark.parametrize('path', ['configs/hat_net/fpn_hat-net-t_8xb2-80k_ade20k-512x512.py',
+                                  'configs/hat_net/fpn_hat-net-s_8xb2-80k_ade20k-512x512.py'])
+def test_hatnet_semantic_fpn_evaluates_with_pvts_align_resize(path):
+    cfg = load(path)
+    for loader in (cfg.val_dataloader, cfg.test_dataloader):
+        resize = loader.dataset.pipeline[1]
+        assert resize == dict(type='mmsparse.AlignResize', scale=(2048, 512), size_divisor=32)
+    optimizer = cfg.optim_wrapper.optimizer
+    assert (optimizer.type, optimizer.lr, optimizer.weight_decay) == ('AdamW', 1e-4, 1e-4)
+
+
+def test_hatnet_upernet_decays_no_norm():
+    """HAT-Net's GroupNorms are not all named '*norm*': decay is switched off by module type."""
+    import torch
+    from mmengine.optim import build_optim_wrapper
+
+    from mmsparse.models.backbones import HATNet
+    cfg = load('configs/hat_net/upernet_hat-net-s_8xb2-160k_ade20k-512x512.py')
+    model = torch.nn.Module()
+    model.backbone = HATNet('tiny')
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    norm_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.GroupNorm) for p in m.parameters()}
+    decays = {g['weight_decay'] for g in wrapper.optimizer.param_groups if id(g['params'][0]) in norm_params}
+    assert len(norm_params) > 0 and decays == {0.}
+
+
 CONFIG_FILES = sorted(glob.glob(osp.join(REPO_ROOT, 'configs', '*', '*.py')))
 
 
