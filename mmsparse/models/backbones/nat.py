@@ -179,16 +179,14 @@ class NAT(SparseBackbone):
                 len(stage) != depth for stage, depth in zip(dilations, self.depths)):
             raise ValueError(f'dilations={dilations} must hold one list per stage with one entry per '
                              f'layer, i.e. lengths {self.depths}')
-        parsed = []
-        for i, stage in enumerate(dilations):
-            parsed.append([])
-            for j, dilation in enumerate(stage):
-                # The official model reads a missing (None) dilation as 1.
-                dilation = 1 if dilation is None else dilation
-                if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
-                    raise ValueError(f'dilations[{i}][{j}]={dilation!r} must be an int >= 1 or None')
-                parsed[-1].append(dilation)
-        return parsed
+        def checked(i, j, dilation):
+            # The official model reads a missing (None) dilation as 1.
+            dilation = 1 if dilation is None else dilation
+            if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
+                raise ValueError(f'dilations[{i}][{j}]={dilation!r} must be an int >= 1 or None')
+            return dilation
+
+        return [[checked(i, j, d) for j, d in enumerate(stage)] for i, stage in enumerate(dilations)]
 
     def _is_official(self, state_dict):
         return is_official_nat(state_dict)

@@ -10,6 +10,8 @@ the bottom/right; padded tokens are masked out as keys, and their query rows are
 cropped away, so the padding has no effect on the valid output.
 Global step: every query token against the tokens of a (pooled) key/value map.
 """
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
@@ -57,6 +59,13 @@ def window_key_mask(batch, height, width, grid_size, device):
         Tensor | None: (B*nH*nW, 1, 1, G*G) bool, True for tokens inside the
         ``H x W`` map; None when ``G`` divides both sides (nothing is padded).
     """
+    per_window = _window_validity(height, width, grid_size, torch.device(device))
+    return None if per_window is None else per_window.repeat(batch, 1, 1, 1)
+
+
+@lru_cache(maxsize=64)
+def _window_validity(height, width, grid_size, device):
+    """(nH*nW, 1, 1, G*G) bool validity of every window's keys, built once per map size."""
     g = grid_size
     if height % g == 0 and width % g == 0:
         return None
@@ -64,7 +73,7 @@ def window_key_mask(batch, height, width, grid_size, device):
     rows = torch.arange(n_h * g, device=device) < height
     cols = torch.arange(n_w * g, device=device) < width
     valid = (rows[:, None] & cols[None, :]).reshape(n_h, g, n_w, g).permute(0, 2, 1, 3)
-    return valid.reshape(1, n_h * n_w, 1, 1, g * g).expand(batch, -1, -1, -1, -1).reshape(-1, 1, 1, g * g)
+    return valid.reshape(n_h * n_w, 1, 1, g * g)
 
 
 def attention_reference(q, k, v, scale, key_mask=None):
