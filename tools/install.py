@@ -5,9 +5,13 @@ Run from the repository root::
     python tools/install.py
 
 Idempotent: every step checks what is already installed and skips work that is
-done. Order matters: ``setuptools<82`` first (mmengine's ``mmdet::`` config
-inheritance needs ``pkg_resources``), torch before mmcv (mmcv's ops compile
-against it), mmcv before mmdet/mmseg (so pip never swaps it for mmcv-lite).
+done. Order matters: torch before mmcv (mmcv's ops compile against it), mmcv
+before mmdet/mmseg (so pip never swaps it for mmcv-lite). Every pip call runs
+under one constraints file that holds ``setuptools<82`` (mmengine's ``mmdet::``
+and ``mmseg::`` config inheritance imports ``pkg_resources``, which setuptools 82
+removed; torch alone would pull the newest setuptools), later also the installed
+torch and mmcv. The run ends by checking the result in a fresh interpreter and
+exits non-zero, naming the cause, if any check fails.
 """
 import argparse
 import glob
@@ -21,10 +25,28 @@ SUPPORTED_PYTHON = ((3, 10), (3, 12))
 MIN_TORCH = (2, 1)
 DEFAULT_TORCH = 'torch==2.13.0'
 MMCV_VERSION = '2.1.0'
+# openmim is installed with --no-deps: its opendatalab -> openxlab dependency pins
+# setuptools~=60.2 (below torch's >=77), rich and requests, and serves only
+# `mim download` of data sets. What `mim` imports is in requirements/tests.txt.
+OPENMIM = 'openmim==0.3.9'
 MMCV_RUNTIME_DEPS = ('addict', 'mmengine==0.10.7', 'numpy', 'packaging', 'Pillow', 'pyyaml',
                      'yapf', 'opencv-python-headless')
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEFAULT_WHEEL_DIR = osp.join(REPO_ROOT, '..', 'shared', 'wheels')
+SETUPTOOLS = 'setuptools<82'
+CONSTRAINT_FILE = osp.join(REPO_ROOT, '.torch-constraint.txt')
+
+# The checks that end the install, each run in a fresh interpreter: (what, code).
+FINAL_CHECKS = (
+    ('pkg_resources (setuptools<82)', 'import pkg_resources'),
+    ('mmcv compiled ops', 'import mmcv._ext; from mmcv.ops import nms, RoIAlign'),
+    ('an mmseg:: base config', "from mmengine.hub import get_config; "
+     "get_config('mmseg::_base_/models/upernet_r50.py')"),
+    ('an mmdet:: base config', "from mmengine.hub import get_config; "
+     "get_config('mmdet::_base_/models/retinanet_r50_fpn.py')"),
+    ('mmsparse with mmdet and mmseg', 'import mmsparse.models, mmdet, mmseg'),
+    ('mim', 'import mim.commands.test'),
+)
 
 
 def log(msg):
@@ -36,16 +58,46 @@ def fail(msg):
     sys.exit(1)
 
 
+def write_constraints(*pins):
+    """(Re)write the constraints file every pip call uses: ``setuptools<82`` and ``pins``."""
+    with open(CONSTRAINT_FILE, 'w') as f:
+        f.write('\n'.join((SETUPTOOLS, ) + pins) + '\n')
+
+
 def pip(*args, env=None):
-    cmd = [sys.executable, '-m', 'pip', 'install', '--no-input', *args]
+    cmd = [sys.executable, '-m', 'pip', 'install', '--no-input', '-c', CONSTRAINT_FILE, *args]
     log(' '.join(cmd))
     subprocess.check_call(cmd, env=env)
 
 
+def run_python(code):
+    """Run ``code`` in a fresh interpreter; return the ``CompletedProcess``."""
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+
+
 def probe(code):
     """Run ``code`` in a fresh interpreter; return its stripped stdout or None on failure."""
-    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    res = run_python(code)
     return res.stdout.strip() if res.returncode == 0 else None
+
+
+def last_line(text):
+    """The last non-empty line of ``text`` (a traceback's exception line)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else '(no output)'
+
+
+def verify_stack():
+    """Run :data:`FINAL_CHECKS` in fresh interpreters; fail naming every check that broke."""
+    failures = []
+    for what, code in FINAL_CHECKS:
+        res = run_python(code)
+        if res.returncode != 0:
+            failures.append(f'{what}: {last_line(res.stderr)}')
+        else:
+            log(f'verified: {what}')
+    if failures:
+        fail('the installed stack does not work:\n  ' + '\n  '.join(failures))
 
 
 def parse_version(text):
@@ -133,25 +185,26 @@ def main():
     args = parser.parse_args()
 
     check_python()
-    pip('setuptools<82', 'wheel')
-    torch_version = ensure_torch()
-    ensure_mmcv(args.wheel_dir)
-    # Constrain torch to the installed build so no dependency upgrades it.
-    constraint = osp.join(REPO_ROOT, '.torch-constraint.txt')
-    with open(constraint, 'w') as f:
-        f.write(f'torch=={torch_version}\nmmcv=={MMCV_VERSION}\nsetuptools<82\n')
+    write_constraints()
     try:
-        pip('-c', constraint, '-r', osp.join(REPO_ROOT, 'requirements', 'runtime.txt'),
+        pip(SETUPTOOLS, 'wheel')
+        torch_version = ensure_torch()
+        # From here on the installed torch is pinned too, so no dependency swaps it.
+        write_constraints(f'torch=={torch_version}')
+        ensure_mmcv(args.wheel_dir)
+        write_constraints(f'torch=={torch_version}', f'mmcv=={MMCV_VERSION}')
+        pip('-r', osp.join(REPO_ROOT, 'requirements', 'runtime.txt'),
             '-r', osp.join(REPO_ROOT, 'requirements', 'tests.txt'))
+        pip('--no-deps', OPENMIM)
         ensure_triton()
-        pip('-c', constraint, '--no-deps', '--no-build-isolation', '-e', REPO_ROOT)
+        pip('--no-deps', '--no-build-isolation', '-e', REPO_ROOT)
     finally:
-        os.remove(constraint)
-    version = probe('import mmsparse, mmdet, mmseg, mmcv; '
-                    'print(mmsparse.__version__, mmdet.__version__, mmseg.__version__, mmcv.__version__)')
-    if version is None:
-        fail('the stack does not import after installation.')
-    log(f'done: mmsparse, mmdet, mmseg, mmcv = {version}')
+        os.remove(CONSTRAINT_FILE)
+    verify_stack()
+    version = probe('import mmsparse, mmdet, mmseg, mmcv, setuptools; '
+                    'print(mmsparse.__version__, mmdet.__version__, mmseg.__version__, '
+                    'mmcv.__version__, setuptools.__version__)')
+    log(f'done: mmsparse, mmdet, mmseg, mmcv, setuptools = {version}')
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ import importlib
 import logging
 import os
 import os.path as osp
+import sys
 
 import torch
 from mmengine.config import Config, DictAction
@@ -92,13 +93,14 @@ def parse_test_args(argv=None):
     parser = _base_parser('Test (and evaluate) an mmdet or mmseg model')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument(
-        '--out', help='dump the raw predictions to this pickle file (.pkl or .pickle)')
+        '--out',
+        help='save the predictions, as the config\'s codebase does: for mmseg configs a '
+        'directory of predicted label maps (PNG), for mmdet configs a .pkl/.pickle file of '
+        'the raw results')
     parser.add_argument(
         '--show-dir',
         help='save painted predictions here (through the config\'s VisualizationHook)')
     args = parser.parse_args(argv)
-    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
-        parser.error(f'--out must end with .pkl or .pickle, got {args.out}')
     _set_local_rank(args)
     return args
 
@@ -123,13 +125,51 @@ def import_mmsparse_models():
     return True
 
 
+def _load_config(path):
+    """``Config.fromfile`` that turns a missing ``pkg_resources`` into one actionable line."""
+    try:
+        return Config.fromfile(path)
+    except ModuleNotFoundError as error:
+        if error.name != 'pkg_resources':
+            raise
+        sys.exit(f'error: loading {path} needs pkg_resources (mmengine resolves mmdet::/mmseg:: '
+                 f'base configs with it), which setuptools>=82 no longer ships; run: '
+                 f'{sys.executable} -m pip install "setuptools<82"')
+
+
+def sync_bn_to_bn(cfg_node):
+    """Replace every ``type='SyncBN'`` norm in a config subtree by ``'BN'``, in place.
+
+    Args:
+        cfg_node (dict | list): A config subtree, e.g. ``cfg.model``.
+
+    Returns:
+        int: How many norms were replaced.
+    """
+    replaced = 0
+    children = cfg_node.values() if isinstance(cfg_node, dict) else cfg_node
+    if isinstance(cfg_node, dict) and cfg_node.get('type') == 'SyncBN':
+        cfg_node['type'] = 'BN'
+        replaced += 1
+    for child in children:
+        if isinstance(child, (dict, list, tuple)):
+            replaced += sync_bn_to_bn(child)
+    return replaced
+
+
 def _adapt_cpu_distributed(cfg):
     """Let ``--launcher`` run on CPU processes (gloo) when there is no CUDA.
 
     MMEngine assumes GPUs for distributed runs: NCCL by default, DDP with
     ``device_ids=[LOCAL_RANK]`` (rejected for CPU modules) and an unconditional
-    ``torch.cuda.set_device`` (fails on CPU-only torch builds).
+    ``torch.cuda.set_device`` (fails on CPU-only torch builds). ``SyncBatchNorm``
+    works only on GPU modules, so the model's SyncBN layers become BN: each process
+    then normalises with its own batch statistics, as single-process runs do.
     """
+    replaced = sync_bn_to_bn(cfg.get('model', {}))
+    if replaced:
+        print_log(f'no CUDA: {replaced} SyncBN norm config(s) of the model train as BN '
+                  '(SyncBatchNorm needs GPU modules)', logger='current', level=logging.WARNING)
     # Config.setdefault stores a copy of the default, so assign explicitly.
     if 'env_cfg' not in cfg:
         cfg.env_cfg = {}
@@ -145,7 +185,7 @@ def _adapt_cpu_distributed(cfg):
 
 def _prepare_cfg(args):
     """Load the config and apply the steps shared by training and testing."""
-    cfg = Config.fromfile(args.config)
+    cfg = _load_config(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
@@ -193,8 +233,12 @@ def prepare_train_cfg(args):
 def prepare_test_cfg(args):
     """Return the testing config for the arguments of :func:`parse_test_args`.
 
-    Besides the shared steps: loads ``args.checkpoint`` and, with ``--show-dir``,
-    turns on drawing in the config's ``visualization`` hook and saves there.
+    Besides the shared steps: loads ``args.checkpoint``; with ``--out`` on an mmseg
+    config, saves the predicted label maps to that directory (mmseg's
+    ``IoUMetric(output_dir=..., keep_results=True)``, as mmseg's own ``test.py``);
+    with ``--show-dir``, turns on drawing in the config's ``visualization`` hook and
+    saves there. (An mmdet ``--out`` file is added to the built runner by
+    :func:`add_result_dump`.)
 
     Args:
         args (argparse.Namespace): Parsed ``tools/test.py`` arguments.
@@ -204,6 +248,13 @@ def prepare_test_cfg(args):
     """
     cfg = _prepare_cfg(args)
     cfg.load_from = args.checkpoint
+    if args.out is not None and cfg.get('default_scope') == 'mmseg':
+        cfg.test_evaluator['output_dir'] = args.out
+        cfg.test_evaluator['keep_results'] = True
+    elif args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        sys.exit(f'error: --out must be a .pkl or .pickle file for a '
+                 f'{cfg.get("default_scope", "mmengine")} config (only mmseg configs take a '
+                 f'directory), got {args.out}')
     if args.show_dir is not None:
         if 'visualization' not in cfg.get('default_hooks', {}):
             raise RuntimeError('--show-dir needs default_hooks.visualization in the config, '
@@ -211,6 +262,20 @@ def prepare_test_cfg(args):
         cfg.default_hooks.visualization.draw = True
         cfg.visualizer.save_dir = args.show_dir
     return cfg
+
+
+def add_result_dump(runner, cfg, out):
+    """Dump the raw test results of a non-mmseg config to the pickle file ``out``.
+
+    mmdet configs get mmdet's ``DumpDetResults`` (masks encoded as RLE), as mmdet's
+    own ``test.py`` does; others MMEngine's ``DumpResults``. Called on the built
+    runner: its test evaluator exists only then.
+    """
+    if cfg.get('default_scope') == 'mmdet':
+        from mmdet.evaluation import DumpDetResults as dump_type
+    else:
+        from mmengine.evaluator import DumpResults as dump_type
+    runner.test_evaluator.metrics.append(dump_type(out_file_path=out))
 
 
 def build_runner(cfg):
@@ -223,5 +288,5 @@ def build_runner(cfg):
 
 __all__ = [
     'parse_train_args', 'parse_test_args', 'prepare_train_cfg', 'prepare_test_cfg',
-    'build_runner', 'import_mmsparse_models'
+    'build_runner', 'import_mmsparse_models', 'add_result_dump', 'sync_bn_to_bn'
 ]

@@ -1,7 +1,10 @@
-"""tools/install.py refuses unsupported Python and torch with a clear message."""
+"""tools/install.py: unsupported Python and torch refused, setuptools<82 kept, the result verified."""
+import os.path as osp
+import subprocess
+
 import pytest
 
-from ..conftest import load_tool
+from ..conftest import REPO_ROOT, load_tool
 
 install = load_tool('install.py')
 
@@ -45,3 +48,42 @@ def test_prebuilt_mmcv_wheel_matches_this_python(tmp_path, monkeypatch):
     assert install.find_prebuilt_mmcv(str(tmp_path)) is None
     (tmp_path / 'mmcv-2.1.0-cp311-cp311-linux_x86_64.whl').touch()
     assert install.find_prebuilt_mmcv(str(tmp_path)).endswith('cp311-cp311-linux_x86_64.whl')
+
+
+def test_every_pip_call_keeps_setuptools_below_82(monkeypatch, tmp_path):
+    monkeypatch.setattr(install, 'CONSTRAINT_FILE', str(tmp_path / 'constraints.txt'))
+    calls = []
+    monkeypatch.setattr(install.subprocess, 'check_call', lambda cmd, env=None: calls.append(cmd))
+    install.write_constraints('torch==2.13.0+cpu')
+    install.pip('torch==2.13.0')
+    assert calls[0][calls[0].index('-c') + 1] == install.CONSTRAINT_FILE
+    assert (tmp_path / 'constraints.txt').read_text().split() == ['setuptools<82', 'torch==2.13.0+cpu']
+
+
+def test_pip_install_routes_keep_setuptools_below_82():
+    # setup.py's install_requires and requirements/runtime.txt (pip install -e . / pip install .)
+    with open(osp.join(REPO_ROOT, 'requirements', 'runtime.txt')) as f:
+        assert 'setuptools<82' in f.read().split()
+    with open(osp.join(REPO_ROOT, 'setup.py')) as f:
+        assert "read_requirements('requirements/runtime.txt')" in f.read()
+
+
+def test_verify_stack_names_each_broken_check(monkeypatch, capsys):
+    def fake_run(code):
+        broken = 'pkg_resources' in code or 'mmdet::' in code
+        stderr = "Traceback ...\nModuleNotFoundError: No module named 'pkg_resources'\n" if broken else ''
+        return subprocess.CompletedProcess([], 1 if broken else 0, '', stderr)
+
+    monkeypatch.setattr(install, 'run_python', fake_run)
+    with pytest.raises(SystemExit) as exc:
+        install.verify_stack()
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "pkg_resources (setuptools<82): ModuleNotFoundError: No module named 'pkg_resources'" in err
+    assert 'an mmdet:: base config: ModuleNotFoundError' in err
+    assert 'mmcv compiled ops' not in err
+
+
+def test_verify_stack_passes_on_this_install(capsys):
+    install.verify_stack()
+    assert 'verified: an mmseg:: base config' in capsys.readouterr().out

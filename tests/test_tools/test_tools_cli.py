@@ -147,10 +147,44 @@ def test_test_cfg(config, tmp_path):
     assert cfg.visualizer.save_dir == str(tmp_path)
 
 
-def test_test_out_must_be_pickle(config, capsys):
-    with pytest.raises(SystemExit):
-        launch.parse_test_args([config, 'ckpt.pth', '--out', 'results.json'])
-    assert '--out must end with .pkl' in capsys.readouterr().err
+def test_test_out_must_be_pickle_outside_mmseg(config):
+    args = launch.parse_test_args([config, 'ckpt.pth', '--out', 'results.json'])
+    with pytest.raises(SystemExit, match=r'--out must be a \.pkl or \.pickle file for a mmengine '
+                       r'config \(only mmseg configs take a directory\), got results\.json'):
+        launch.prepare_test_cfg(args)
+
+
+def test_test_out_is_a_directory_for_mmseg(tmp_path):
+    path = tmp_path / 'seg_config.py'
+    path.write_text(CONFIG.replace("'mmengine'", "'mmseg'")
+                    + "test_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])\n")
+    cfg = launch.prepare_test_cfg(launch.parse_test_args([str(path), 'ckpt.pth', '--out', 'preds']))
+    assert cfg.test_evaluator == dict(type='IoUMetric', iou_metrics=['mIoU'], output_dir='preds',
+                                      keep_results=True)
+
+
+def test_missing_pkg_resources_is_one_line(monkeypatch, config):
+    def no_pkg_resources(path):
+        raise ModuleNotFoundError("No module named 'pkg_resources'", name='pkg_resources')
+
+    monkeypatch.setattr(launch.Config, 'fromfile', no_pkg_resources)
+    with pytest.raises(SystemExit, match=r'pip install "setuptools<82"'):
+        launch.prepare_train_cfg(launch.parse_train_args([config]))
+
+
+def test_sync_bn_becomes_bn_for_cpu_distributed(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    path = tmp_path / 'syncbn_config.py'
+    path.write_text(CONFIG + "norm_cfg = dict(type='SyncBN', requires_grad=True)\n"
+                    "model = dict(backbone=dict(norm_cfg=norm_cfg), heads=[dict(norm_cfg=norm_cfg), "
+                    "dict(norm_cfg=dict(type='GN', num_groups=8))])\n")
+    args = launch.parse_train_args([str(path), '--launcher', 'pytorch'])
+    cfg = launch.prepare_train_cfg(args)
+    assert cfg.model.backbone.norm_cfg.type == 'BN'
+    assert [head.norm_cfg.type for head in cfg.model.heads] == ['BN', 'GN']
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    cfg = launch.prepare_train_cfg(args)
+    assert cfg.model.backbone.norm_cfg.type == 'SyncBN'
 
 
 def test_build_runner_dispatch(monkeypatch):

@@ -1,0 +1,75 @@
+"""CPU distributed runs through the documented launchers: 2 real processes over gloo.
+
+``tools/dist_train.sh`` trains the shrunk entry config (BiFormer-S UperNet, whose
+heads use SyncBN) for 2 iterations in 2 torchrun processes; ``tools/dist_test.sh``
+then tests its checkpoint in 2 processes and must give the metrics of a
+single-process test.
+"""
+import os
+import socket
+import sys
+
+import pytest
+import torch
+
+from mmsparse.utils import safe_load
+
+from ..utils import logged_metric, run_command, write_shrunk_config
+
+ENTRY_CONFIG = 'configs/biformer/upernet_ade20k.py'
+pytestmark = pytest.mark.slow
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def launcher_env():
+    """No CUDA device and a port of our own for torchrun's rendezvous."""
+    return dict(os.environ, CUDA_VISIBLE_DEVICES='', PORT=str(free_port()), OMP_NUM_THREADS='1')
+
+
+@pytest.fixture(scope='module')
+def dist_run(synthetic_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp('dist')
+    work_dir = root / 'work'
+    config = write_shrunk_config(
+        ENTRY_CONFIG, str(synthetic_data), str(work_dir), root / 'upernet_dist.py',
+        checkpoint_interval=2,
+        custom_imports=dict(imports=['mmsparse.models', 'tests.test_tools.dist_probe'],
+                            allow_failed_imports=False),
+        custom_hooks=[dict(type='RankProbeHook', out_dir=str(root))])
+    output = run_command('bash', 'tools/dist_train.sh', config, 2, env=launcher_env())
+    return dict(root=root, config=config, output=output,
+                checkpoint=str(work_dir / 'iter_2.pth'),
+                ranks=[torch.load(root / f'rank{r}.pt', weights_only=True) for r in (0, 1)])
+
+
+def test_sync_bn_trains_as_bn_logged_once(dist_run):
+    assert dist_run['output'].count('SyncBN norm config(s) of the model train as BN') == 1
+
+
+def test_ranks_end_identical_after_different_data(dist_run):
+    rank0, rank1 = dist_run['ranks']
+    assert len(rank0['seen']) == len(rank1['seen']) == 2
+    for batch0, batch1 in zip(rank0['seen'], rank1['seen']):
+        assert len(batch0) == len(batch1) == 2
+        assert not set(batch0) & set(batch1), (batch0, batch1)
+    assert rank0['params'].keys() == rank1['params'].keys()
+    for name, value in rank0['params'].items():
+        assert torch.equal(value, rank1['params'][name]), name
+    # and they are what rank 0 saved
+    saved = safe_load(dist_run['checkpoint'])['state_dict']
+    assert all(torch.equal(saved[name], value) for name, value in rank0['params'].items())
+
+
+def test_dist_test_matches_single_process(dist_run):
+    args = [dist_run['config'], dist_run['checkpoint']]
+    single = run_command(sys.executable, 'tools/test.py', *args, '--work-dir',
+                         dist_run['root'] / 'single')
+    dist = run_command('bash', 'tools/dist_test.sh', *args, 2, '--work-dir',
+                       dist_run['root'] / 'dist', env=launcher_env())
+    for key in ('aAcc', 'mIoU', 'mAcc'):
+        assert logged_metric(dist, key) == logged_metric(single, key), key
