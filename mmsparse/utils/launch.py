@@ -167,7 +167,9 @@ def _adapt_cpu_distributed(cfg):
     then normalises with its own batch statistics, as single-process runs do.
     """
     replaced = sync_bn_to_bn(cfg.get('model', {}))
-    if replaced:
+    # Once per run, not per process: the process group does not exist yet, the
+    # launcher's RANK does.
+    if replaced and os.environ.get('RANK', '0') == '0':
         print_log(f'no CUDA: {replaced} SyncBN norm config(s) of the model train as BN '
                   '(SyncBatchNorm needs GPU modules)', logger='current', level=logging.WARNING)
     # Config.setdefault stores a copy of the default, so assign explicitly.

@@ -6,14 +6,30 @@ Accepts the ImageNet checkpoints (weights under ``'model'``) and the official
 mmdet/mmseg ``BiFormer_mm`` checkpoints (``'state_dict'``, keys under
 ``backbone.``). Writes ``{'state_dict': {name: tensor}}``, loadable with
 ``torch.load(..., weights_only=True)`` and by ``init_cfg=dict(type='Pretrained')``.
+Checkpoints made with any LePE kernel size are accepted; the one found (the
+official ``side_dwconv``, 5 in every released model) is printed, and the
+backbone must be built with the same ``side_dwconv`` to load the result.
 """
 import argparse
 
-from mmsparse.models.utils import convert_checkpoint_file, biformer_official_to_mmsparse
+from mmsparse.models.utils import biformer_official_to_mmsparse, convert_checkpoint_file
+from mmsparse.models.utils.ckpt_convert import biformer_side_dwconv
+
+
+def convert_and_report_side_dwconv(state_dict):
+    """:func:`biformer_official_to_mmsparse`, printing the ``side_dwconv`` of the weights."""
+    converted = biformer_official_to_mmsparse(state_dict)
+    side_dwconv = biformer_side_dwconv(converted)
+    if side_dwconv is None:
+        print('no LePE weight (stages.i.j.attn.lepe.weight) found: side_dwconv unknown')
+    else:
+        print(f'LePE kernels are {side_dwconv}x{side_dwconv}: build mmsparse.BiFormer with '
+              f'side_dwconv={side_dwconv}')
+    return converted
 
 
 def convert(src, dst):
-    convert_checkpoint_file(src, dst, biformer_official_to_mmsparse)
+    convert_checkpoint_file(src, dst, convert_and_report_side_dwconv)
 
 
 def main():

@@ -4,10 +4,35 @@ from mmsparse.ops import bi_level_routing_attention
 from ..layers import pad_nhwc_to_multiple
 
 
+def check_lepe_kernel(name, value):
+    """Refuse a LePE kernel size that is not a positive odd int.
+
+    The depthwise LePE conv is padded by ``kernel // 2``; only an odd kernel keeps
+    the map size. ``name`` is the argument reported in the error.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+        raise ValueError(f'{name}={value!r} is not allowed: the LePE kernel size must be a '
+                         'positive odd int (3, 5, 7, ...)')
+
+
+def build_lepe(embed_dims, kernel_size, name='lepe_kernel'):
+    """Depthwise ``kernel_size`` conv that keeps the map size: LePE (CSWin, arXiv 2107.00652).
+
+    Args:
+        embed_dims (int): channels in and out.
+        kernel_size (int): a positive odd int.
+        name (str): the argument named if ``kernel_size`` is refused.
+            Defaults to ``'lepe_kernel'``.
+    """
+    check_lepe_kernel(name, kernel_size)
+    return nn.Conv2d(embed_dims, embed_dims, kernel_size, padding=kernel_size // 2, groups=embed_dims)
+
+
 class BiLevelRoutingAttention(nn.Module):
     """Bi-level routing attention with LePE (BiFormer, arXiv 2303.08810).
 
-    Reproduces the legacy op of the released checkpoints: the input is zero-padded
+    Reproduces the legacy op of the released checkpoints (``ops/bra_legacy.py`` of
+    https://github.com/rayleizhu/BiFormer): the input is zero-padded
     at the bottom/right to a multiple of ``n_win`` BEFORE the qkv projection, so
     padded tokens carry ``q = k = v = bias`` and are attended as ordinary keys; the
     depthwise LePE conv runs on ``v`` over the padded map; the output is cropped.
@@ -17,11 +42,13 @@ class BiLevelRoutingAttention(nn.Module):
         num_heads (int): heads of the token-to-token attention.
         n_win (int): regions per side.
         topk (int): routed regions per query region.
-        qk_dims (int, optional): channels of q and k; default ``embed_dims``.
-        lepe_kernel (int): kernel of the depthwise LePE conv on ``v``.
+        qk_dims (int, optional): channels of q and k. Defaults to ``embed_dims``.
+        lepe_kernel (int): kernel size of the depthwise LePE conv on ``v``, a
+            positive odd int (the official ``side_dwconv``). Defaults to 5.
         auto_pad (bool): pad inputs whose sides are not multiples of ``n_win``;
-            if False such inputs raise ValueError.
+            if False such inputs raise ValueError. Defaults to True.
         backend (str, optional): op backend, see :mod:`mmsparse.ops._dispatch`.
+            Defaults to None (``MMSPARSE_ATTN_BACKEND``, else by device).
 
     Shape:
         (N, H, W, C) -> (N, H, W, C)
@@ -42,8 +69,7 @@ class BiLevelRoutingAttention(nn.Module):
         # Full qk width, not the head width: the released checkpoints were trained so.
         self.scale = self.qk_dims**-0.5
         self.qkv = nn.Linear(embed_dims, 2 * self.qk_dims + embed_dims)
-        self.lepe = nn.Conv2d(embed_dims, embed_dims, lepe_kernel, padding=lepe_kernel // 2,
-                              groups=embed_dims)
+        self.lepe = build_lepe(embed_dims, lepe_kernel)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
     def forward(self, x):

@@ -1,11 +1,14 @@
 import torch.nn.functional as F
 from torch import nn
 
+from .bra import build_lepe
+
 
 class GlobalAttentionLePE(nn.Module):
     """Global multi-head self-attention plus LePE on the attention input.
 
-    BiFormer's last stage (official ``AttentionLePE``): qkv without bias, scale
+    BiFormer's last stage (``AttentionLePE`` in ``models/_common.py`` of
+    https://github.com/rayleizhu/BiFormer): qkv without bias, scale
     ``head_dim ** -0.5``, and the depthwise LePE conv applied to the input ``x``
     (not to ``v``). Attention runs through ``F.scaled_dot_product_attention``, so
     GPUs use fused flash / memory-efficient kernels.
@@ -13,7 +16,9 @@ class GlobalAttentionLePE(nn.Module):
     Args:
         embed_dims (int): channels C.
         num_heads (int): heads; the released models use 8 whatever C is.
-        lepe_kernel (int): kernel of the depthwise LePE conv.
+            Defaults to 8.
+        lepe_kernel (int): kernel size of the depthwise LePE conv, a positive
+            odd int (the official ``side_dwconv``). Defaults to 5.
 
     Shape:
         (N, H, W, C) -> (N, H, W, C)
@@ -25,8 +30,7 @@ class GlobalAttentionLePE(nn.Module):
             raise ValueError(f'num_heads={num_heads} must divide embed_dims={embed_dims}')
         self.num_heads = num_heads
         self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=False)
-        self.lepe = nn.Conv2d(embed_dims, embed_dims, lepe_kernel, padding=lepe_kernel // 2,
-                              groups=embed_dims)
+        self.lepe = build_lepe(embed_dims, lepe_kernel)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
     def forward(self, x):

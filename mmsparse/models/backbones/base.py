@@ -91,6 +91,14 @@ class SparseBackbone(BaseModule):
         """Map official keys to this backbone's keys."""
         raise NotImplementedError
 
+    def _check_state_dict(self, state_dict):
+        """Refuse a checkpoint this configuration cannot take, before any shape is compared.
+
+        Called on every ``init_cfg`` checkpoint (after key conversion), whatever
+        ``strict`` says. Families whose hyper-parameters show in weight shapes (BiFormer's
+        ``side_dwconv``) override it to name the argument; the default accepts all.
+        """
+
     def init_weights(self):
         if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
             super().init_weights()
@@ -100,6 +108,7 @@ class SparseBackbone(BaseModule):
             self.init_cfg['checkpoint'],
             convert=self._convert_official,
             is_official=self._is_official,
+            check=self._check_state_dict,
             prefix=self.init_cfg.get('prefix'),
             strict=self.init_cfg.get('strict', True),
             tolerated_keys=self.tolerated_checkpoint_keys)

@@ -47,6 +47,41 @@ def biformer_official_to_mmsparse(state_dict):
     return converted
 
 
+# The depthwise LePE convs, named alike in the official and the mmsparse layout.
+_BIFORMER_LEPE = re.compile(r'^stages\.\d+\.\d+\.attn\.lepe\.weight$')
+
+
+def biformer_side_dwconv(state_dict):
+    """The LePE kernel size (official ``side_dwconv``) a BiFormer state dict was made with.
+
+    Read from the (C, 1, k, k) ``stages.i.j.attn.lepe.weight`` tensors, which keep
+    their names in :func:`biformer_official_to_mmsparse`, so official and mmsparse
+    state dicts both work.
+
+    Args:
+        state_dict (dict): BiFormer weights, without any ``backbone.`` prefix.
+
+    Returns:
+        int | None: ``k``, or None when ``state_dict`` holds no LePE weight.
+
+    Raises:
+        ValueError: if the LePE kernels are not square or not all of one size.
+    """
+    keys_by_size = {}
+    for key, value in state_dict.items():
+        if _BIFORMER_LEPE.match(key):
+            keys_by_size.setdefault(tuple(value.shape[-2:]), []).append(key)
+    if not keys_by_size:
+        return None
+    (height, width), *others = keys_by_size
+    if others or height != width:
+        found = '; '.join(f'{h}x{w} in {keys[0]}' + (f' and {len(keys) - 1} more' if len(keys) > 1 else '')
+                          for (h, w), keys in keys_by_size.items())
+        raise ValueError(f'the LePE kernels of this BiFormer checkpoint must be square and of one size '
+                         f'(side_dwconv); found {found}')
+    return height
+
+
 # HAT-Net keys are kept verbatim; the ImageNet classifier and the never-used
 # ``attn.proj_norm`` (dead parameters of the official Attention) are dropped.
 _HATNET_DROPPED = re.compile(r'^classifier\.|\.attn\.proj_norm\.')

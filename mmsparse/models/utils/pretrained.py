@@ -7,8 +7,8 @@ from mmengine.logging import print_log
 from mmsparse.utils import load_state_dict_from_checkpoint
 
 
-def load_pretrained_weights(model, checkpoint, convert=None, is_official=None, prefix=None,
-                            strict=True, tolerated_keys=()):
+def load_pretrained_weights(model, checkpoint, convert=None, is_official=None, check=None,
+                            prefix=None, strict=True, tolerated_keys=()):
     """Load ``checkpoint`` into ``model``, converting official keys, and report every mismatch.
 
     Args:
@@ -17,6 +17,9 @@ def load_pretrained_weights(model, checkpoint, convert=None, is_official=None, p
             mmsparse or full mmdet/mmseg checkpoint.
         convert (callable, optional): maps official keys to mmsparse keys.
         is_official (callable, optional): tells whether a state dict needs ``convert``.
+        check (callable, optional): called on the (converted) state dict before any
+            key or shape is compared; raises to refuse the checkpoint whatever
+            ``strict`` says.
         prefix (str, optional): keep only keys under this prefix (e.g. ``'backbone.'``)
             and strip it. By default, when any key starts with ``backbone.`` (a backbone or a
             whole detector/segmentor saved by MMEngine), only those keys are kept.
@@ -46,6 +49,8 @@ def load_pretrained_weights(model, checkpoint, convert=None, is_official=None, p
             raise RuntimeError(f'checkpoint {checkpoint} has no key under prefix={prefix!r}')
     if convert is not None and is_official is not None and is_official(state_dict):
         state_dict = convert(state_dict)
+    if check is not None:
+        check(state_dict)
 
     own = model.state_dict()
     tolerated = [re.compile(p) for p in tolerated_keys]

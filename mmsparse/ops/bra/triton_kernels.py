@@ -1,7 +1,8 @@
 """Fused Triton forward and backward of bi-level routing attention (BRA).
 
 Same semantics as :func:`mmsparse.ops.bra.reference.bra_attention_reference`
-(legacy BiFormer, see ``docs/biformer.md`` section 2), without its memory cost:
+(the legacy BRA of BiFormer, ``ops/bra_legacy.py`` of https://github.com/rayleizhu/BiFormer,
+behind the released checkpoints), without its memory cost:
 the reference gathers a ``topk``-times redundant copy of K/V per query region
 and materialises the ``(h*w) x (topk*h*w)`` attention matrix of every region and
 head. Here every program reads the K/V tokens of the routed regions straight

@@ -1,8 +1,8 @@
-"""BiLevelRoutingAttention module against the official legacy BRA outputs (float64)."""
+"""BiLevelRoutingAttention module against the official legacy BRA outputs (float64); LePE kernel checks."""
 import pytest
 import torch
 
-from mmsparse.models.attentions import BiLevelRoutingAttention
+from mmsparse.models.attentions import BiLevelRoutingAttention, GlobalAttentionLePE
 from mmsparse.ops import bi_level_routing_attention
 
 # Official module key -> mmsparse key.
@@ -62,3 +62,11 @@ def test_rejects_indivisible_input_without_auto_pad():
     module = BiLevelRoutingAttention(32, 2, n_win=4, topk=2, auto_pad=False)
     with pytest.raises(ValueError, match='n_win=4'):
         module(torch.randn(1, 13, 12, 32))
+
+
+@pytest.mark.parametrize('cls,args', [(BiLevelRoutingAttention, (32, 2, 4, 2)), (GlobalAttentionLePE, (32, 2))],
+                         ids=['bra', 'global'])
+@pytest.mark.parametrize('kernel', [2, 0, -1, 3.0])
+def test_rejects_bad_lepe_kernel(cls, args, kernel):
+    with pytest.raises(ValueError, match=f'lepe_kernel={kernel} is not allowed.*positive odd int'):
+        cls(*args, lepe_kernel=kernel)

@@ -3,12 +3,19 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mmsparse.models.attentions import BiLevelRoutingAttention, GlobalAttentionLePE
 from mmsparse.models.backbones import BiFormer
 from .utils import assert_checkpointing_keeps_gradients
 
 TINY_ARCH = dict(depths=(1, 1, 2, 1), embed_dims=(16, 32, 64, 128), head_dim=8)
+# A BiFormer small enough for any test: BRA with n_win=2 in stages 1-3, global attention in stage 4.
+TINY_KWARGS = dict(arch=TINY_ARCH, n_win=2, topks=(1, 2, 4, -1))
+# Official names of the BRA sub-layers (``QKVLinear.qkv`` and ``wo``); stage 4 keeps ``qkv``/``proj``.
+OFFICIAL_BRA_LAYERS = {'qkv': 'qkv.qkv', 'proj': 'wo'}
+OFFICIAL_BLOCK_LAYERS = {'cpe': 'pos_embed', 'mlp.fc1': 'mlp.0', 'mlp.fc2': 'mlp.3'}
 
 
 def official_config_to_kwargs(config):
@@ -21,6 +28,42 @@ def official_config_to_kwargs(config):
 @pytest.fixture(scope='module')
 def backbone_fixture(load_official):
     return load_official('biformer_backbone_tiny_reduced.pt')
+
+
+def to_official_layout(model):
+    """``model``'s weights under the official ``BiFormer_mm`` names: the inverse of the converter.
+
+    Written from the official module tree, independently of ``biformer_official_to_mmsparse``;
+    :func:`test_official_layout_matches_official_state_dict` checks it on the official fixture.
+    """
+    routing = {name for name, m in model.named_modules() if isinstance(m, BiLevelRoutingAttention)}
+    official = {}
+    for key, value in model.state_dict().items():
+        module, _, tensor = key.rpartition('.')
+        parent, _, layer = module.rpartition('.')
+        if parent in routing:
+            module = f'{parent}.{OFFICIAL_BRA_LAYERS.get(layer, layer)}'
+        for name, official_name in OFFICIAL_BLOCK_LAYERS.items():
+            if module.startswith('stages.') and module.endswith(f'.{name}'):
+                module = module[:-len(name)] + official_name
+        if module.startswith('norm'):
+            module = f'extra_norms.{module[len("norm"):]}'
+        official[f'{module}.{tensor}'] = value.clone()
+    return official
+
+
+def randomized(model, seed=0):
+    """``model`` with every parameter redrawn, so that no tensor is left at a symmetric init."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(0.2 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+    return model.eval()
+
+
+def lepe_convs(model):
+    """The LePE conv of every block, stage by stage."""
+    return [[block.attn.lepe for block in stage] for stage in model.stages]
 
 
 def official_model(fixture):
@@ -127,10 +170,55 @@ def test_drop_path_rate_is_linear_over_blocks():
     (dict(arch=TINY_ARCH, topks=(1, 4, 16)), 'topks'),
     (dict(arch=TINY_ARCH, topks=(1, 4, 16, -2)), 'topk=-2'),
     (dict(arch=TINY_ARCH, n_win=3, topks=(1, 4, 16, -1)), 'topk=16'),
+    (dict(arch=TINY_ARCH, side_dwconv=4), 'side_dwconv=4 is not allowed.*positive odd int'),
+    (dict(arch=TINY_ARCH, side_dwconv=0), 'side_dwconv=0 is not allowed.*positive odd int'),
+    (dict(arch=TINY_ARCH, side_dwconv=-3), 'side_dwconv=-3 is not allowed.*positive odd int'),
+    (dict(arch=TINY_ARCH, side_dwconv=3.0), 'side_dwconv=3.0 is not allowed.*positive odd int'),
 ])
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         BiFormer(**kwargs)
+
+
+def test_official_layout_matches_official_state_dict(backbone_fixture):
+    official = to_official_layout(official_model(backbone_fixture))
+    expected = backbone_fixture['state_dict']
+    assert official.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(official[key], value, atol=0, rtol=0, msg=key)
+
+
+@pytest.mark.parametrize('side_dwconv', [3, 7])
+def test_side_dwconv_sets_every_lepe_kernel(side_dwconv):
+    model = BiFormer(**TINY_KWARGS, side_dwconv=side_dwconv).eval()
+    convs = lepe_convs(model)
+    assert [len(stage) for stage in convs] == list(TINY_ARCH['depths'])
+    assert isinstance(model.stages[3][0].attn, GlobalAttentionLePE)
+    for i, stage in enumerate(convs):
+        for conv in stage:
+            assert conv.kernel_size == (side_dwconv, side_dwconv)
+            assert conv.padding == (side_dwconv // 2, side_dwconv // 2)
+            assert conv.groups == conv.in_channels == TINY_ARCH['embed_dims'][i]
+    # Only the LePE weights grow or shrink with the kernel: C * (k*k - 25) per block.
+    default = sum(p.numel() for p in BiFormer(**TINY_KWARGS).parameters())
+    lepe_channels = sum(d * n for d, n in zip(TINY_ARCH['embed_dims'], TINY_ARCH['depths']))
+    assert sum(p.numel() for p in model.parameters()) == default + lepe_channels * (side_dwconv**2 - 25)
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 61, 45))
+    assert [o.shape for o in outs] == [(1, 16, 16, 12), (1, 32, 8, 6), (1, 64, 4, 3), (1, 128, 2, 2)]
+
+
+def test_side_dwconv_kernels_are_centred():
+    """A 3x3 LePE equals the 5x5 LePE holding it zero-padded, in every stage: the
+    kernel size changes the receptive field and nothing else."""
+    small = randomized(BiFormer(**TINY_KWARGS, side_dwconv=3).double())
+    large = BiFormer(**TINY_KWARGS).double().eval()
+    large.load_state_dict({k: F.pad(v, (1, 1, 1, 1)) if k.endswith('.attn.lepe.weight') else v
+                           for k, v in small.state_dict().items()})
+    x = torch.randn(2, 3, 61, 45, dtype=torch.double)
+    with torch.no_grad():
+        for out, expected in zip(large(x), small(x)):
+            torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-8)
 
 
 def save_official_checkpoint(fixture, path, extra=None):
@@ -182,3 +270,50 @@ def test_init_cfg_missing_file_is_a_clear_error(tmp_path):
     model = BiFormer(TINY_ARCH, init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'nope.pth')))
     with pytest.raises(FileNotFoundError, match='nope.pth'):
         model.init_weights()
+
+
+def save_official_mm_checkpoint(model, path):
+    """Write ``model``'s weights as an official mmdet/mmseg ``BiFormer_mm`` checkpoint."""
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in to_official_layout(model).items()}}, path)
+
+
+@pytest.fixture
+def side_dwconv_3_checkpoint(tmp_path):
+    """A random side_dwconv=3 BiFormer and the path of its weights in the official layout."""
+    source = randomized(BiFormer(**TINY_KWARGS, side_dwconv=3))
+    path = str(tmp_path / 'biformer_side_dwconv3_official.pth')
+    save_official_mm_checkpoint(source, path)
+    return source, path
+
+
+def test_init_cfg_loads_official_checkpoint_of_other_side_dwconv(side_dwconv_3_checkpoint):
+    source, path = side_dwconv_3_checkpoint
+    model = BiFormer(**TINY_KWARGS, side_dwconv=3, init_cfg=dict(type='Pretrained', checkpoint=path))
+    model.init_weights()  # strict: every key of the model and of the checkpoint matched
+    model.eval()
+    assert model.state_dict().keys() == source.state_dict().keys()
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, atol=0, rtol=0, msg=key)
+    x = torch.randn(2, 3, 61, 45)
+    with torch.no_grad():
+        for out, expected in zip(model(x), source(x)):
+            torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize('strict', [True, False])
+def test_init_cfg_refuses_other_side_dwconv(side_dwconv_3_checkpoint, strict):
+    _, path = side_dwconv_3_checkpoint
+    model = BiFormer(**TINY_KWARGS, init_cfg=dict(type='Pretrained', checkpoint=path, strict=strict))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r'made with side_dwconv=3 .* model has side_dwconv=5'):
+        model.init_weights()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_load_state_dict_refuses_other_side_dwconv():
+    source = BiFormer(**TINY_KWARGS, side_dwconv=7)
+    model = BiFormer(**TINY_KWARGS, side_dwconv=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r'made with side_dwconv=7 .* model has side_dwconv=3'):
+        model.load_state_dict(source.state_dict())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
