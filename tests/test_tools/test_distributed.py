@@ -1,6 +1,6 @@
 """CPU distributed runs through the documented launchers: 2 real processes over gloo.
 
-``tools/dist_train.sh`` trains the shrunk entry config (BiFormer-S UperNet, whose
+``tools/dist_train.sh`` trains the shrunk entry config (UperNet with BiFormer-T, whose
 heads use SyncBN) for 2 iterations in 2 torchrun processes; ``tools/dist_test.sh``
 then tests its checkpoint in 2 processes and must give the metrics of a
 single-process test.
@@ -37,7 +37,7 @@ def dist_run(synthetic_data, tmp_path_factory):
     work_dir = root / 'work'
     config = write_shrunk_config(
         ENTRY_CONFIG, str(synthetic_data), str(work_dir), root / 'upernet_dist.py',
-        checkpoint_interval=2,
+        checkpoint_interval=2, model=dict(backbone=dict(arch='tiny')),
         custom_imports=dict(imports=['mmsparse.models', 'tests.test_tools.dist_probe'],
                             allow_failed_imports=False),
         custom_hooks=[dict(type='RankProbeHook', out_dir=str(root))])
