@@ -1,10 +1,12 @@
 """mmsparse's registries, children of MMEngine's root registries.
 
-``type='mmsparse.BiFormer'`` (or ``'mmsparse.AlignResize'`` in a pipeline) resolves from
-any default scope (``mmdet``, ``mmseg``): the ``mmsparse.`` prefix sends the lookup here,
-and ``locations`` imports ``mmsparse.models`` / ``mmsparse.datasets`` on first use, so
-``custom_imports`` is optional.
+``type='mmsparse.BiFormer'`` (``'mmsparse.AlignResize'`` in a pipeline,
+``'mmsparse.SyntheticADE20KDataset'`` as a dataset) resolves from any default scope
+(``mmdet``, ``mmseg``): the ``mmsparse.`` prefix sends the lookup here, and ``locations``
+imports ``mmsparse.models`` / ``mmsparse.datasets`` on first use, so ``custom_imports`` is
+optional.
 """
+from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
@@ -12,5 +14,7 @@ from mmengine.registry import Registry
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmsparse', locations=['mmsparse.models'])
 TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='mmsparse',
                       locations=['mmsparse.datasets'])
+DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='mmsparse',
+                    locations=['mmsparse.datasets'])
 
-__all__ = ['MODELS', 'TRANSFORMS']
+__all__ = ['MODELS', 'TRANSFORMS', 'DATASETS']

@@ -1,7 +1,8 @@
 """Every config under configs/ builds, trains 2 iterations and validates with its real evaluator.
 
-Runs on the synthetic ADE20K / COCO data at a small image size, with each
-config's real model (random init: official weights cannot be downloaded here).
+Runs on the synthetic ADE20K / COCO data (``use_synthetic_data``: its datasets and class
+count) at a small image size, with each config's real model (random init: official weights
+cannot be downloaded here).
 """
 import glob
 import math
@@ -10,6 +11,8 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 from mmengine.runner import Runner
+
+from mmsparse.datasets.synthetic import SYNTHETIC_DET_CLASSES, SYNTHETIC_SEG_CLASSES, use_synthetic_data
 
 from ..conftest import REPO_ROOT
 
@@ -53,6 +56,7 @@ def shrink_detector_sampling(model):
 def shrink_for_cpu(cfg, data_root, work_dir):
     """Point ``cfg`` at the synthetic data and make one run take seconds on a CPU."""
     is_seg = cfg.default_scope == 'mmseg'
+    use_synthetic_data(cfg, data_root)
     cfg.work_dir = work_dir
     cfg.launcher = 'none'
     cfg.model.backbone.init_cfg = None
@@ -61,12 +65,9 @@ def shrink_for_cpu(cfg, data_root, work_dir):
         loader = cfg[f'{split}_dataloader']
         loader.num_workers, loader.persistent_workers = 0, False
         dataset = loader.dataset
-        dataset.data_root = osp.join(data_root, 'ade/ADEChallengeData2016' if is_seg else 'coco')
         dataset.indices = num_images
         shrink_pipeline(dataset.pipeline, is_seg)
-    evaluator = cfg.val_evaluator
     if not is_seg:
-        evaluator.ann_file = osp.join(data_root, 'coco', 'annotations', 'instances_val2017.json')
         # Untrained detectors score below the stock 0.05 threshold; keep every box so the
         # evaluator has something to score.
         test_cfg = cfg.model.test_cfg
@@ -93,7 +94,11 @@ def test_config_trains_and_validates(config, synthetic_data, tmp_path):
     runner.train()
     assert runner.iter == 2
     metrics = runner.val()
-    key = 'mIoU' if cfg.default_scope == 'mmseg' else 'coco/bbox_mAP'
+    is_seg = cfg.default_scope == 'mmseg'
+    key = 'mIoU' if is_seg else 'coco/bbox_mAP'
     assert key in metrics and math.isfinite(metrics[key]), metrics
+    # The metric scores the synthetic classes (mmseg's per-class IoU table has these rows).
+    classes = SYNTHETIC_SEG_CLASSES if is_seg else SYNTHETIC_DET_CLASSES
+    assert runner.val_loop.evaluator.dataset_meta['classes'] == classes
     if 'segm' in str(cfg.val_evaluator.get('metric')):
         assert 'coco/segm_mAP' in metrics

@@ -67,7 +67,7 @@ def test_masks_match_official(load_official):
 
 
 def test_worked_example_vit_b():
-    """Doc section 1.6: ViT-B/16 at 224 keeps 1.99% of the patch block, heads disjoint."""
+    """ViT-B/16 at 224 keeps 1.99% of the patch block (configs/fibottention/README.md), heads disjoint."""
     offsets = fibonacci_offsets(196, 12, 0)
     assert offsets[0] == [4, 7] and offsets[9] == [1, 2, 3, 5] and offsets[10] == [30, 49]
     flat = [d for run in offsets for d in run]

@@ -1,6 +1,6 @@
 """H-MHSA ops: padded/masked windows and partial pooling cells vs dense oracles, and dispatch.
 
-The oracles follow docs/hatnet.md, section 5: local attention is dense attention over
+The oracles follow docs/design.md ("H-MHSA at any input size"): local attention is dense attention over
 all ``H*W`` tokens with the mask ``same_window(i, j)``, and pooling is an averaging
 matrix over the valid pixels of each cell. They never pad, so they test that the
 padding of :func:`grid_attention` has no effect. Tolerances: float64 1e-12 (observed

@@ -1,15 +1,16 @@
 """Generate a small, learnable synthetic dataset in ADE20K and COCO layouts.
 
-Every image shows 1-4 coloured geometric shapes (one category per shape kind,
-see ``SHAPE_KINDS``) on a textured background (noise, stripes, gradient or
-checkers), with colours from a hue band per kind, random sizes, positions
-and rotations. Shapes may overlap a little; an occluded shape stays one
-connected region without holes,
-keeps ``MIN_VISIBLE_FRACTION`` of its area and is at least
-``MIN_OBJECT_SIZE`` (32) pixels wide and high. The same scene is written to
-both datasets, so the ADE20K label map and the COCO masks agree. Output is
-deterministic given ``--seed`` (scene ``i`` of a split depends only on the
-seed, the split and ``i``, not on which datasets are written).
+Every image shows 1-4 coloured geometric shapes on a textured background
+(noise, stripes, gradient or checkers), with colours from a hue band per shape
+kind, random sizes, positions and rotations. The shape kinds are the classes,
+named once in ``mmsparse.datasets.synthetic.SYNTHETIC_DET_CLASSES`` (circle,
+square, triangle, ellipse, star, hexagon); ``SHAPE_KINDS`` adds each kind's
+geometry, in that order. Shapes may overlap a little; an occluded shape stays
+one connected region without holes, keeps ``MIN_VISIBLE_FRACTION`` of its area
+and is at least ``MIN_OBJECT_SIZE`` (32) pixels wide and high. The same scene
+is written to both datasets, so the ADE20K label map and the COCO masks agree.
+Output is deterministic given ``--seed`` (scene ``i`` of a split depends only
+on the seed, the split and ``i``, not on which datasets are written).
 
 Layout written under ``--out`` (default ``data``)::
 
@@ -23,16 +24,21 @@ Layout written under ``--out`` (default ``data``)::
 ADE20K label maps are uint8 PNGs following ADE20K's ``reduce_zero_label``
 convention: 0 = unlabelled (a 2-pixel frame around the image, ignored as 255
 after ``reduce_zero_label``), 1 = background texture, ``2 + k`` = shape kind
-``k`` (so classes 0..K after ``reduce_zero_label``).
+``k``, so after ``reduce_zero_label`` the labels are the 7 classes of
+``SYNTHETIC_SEG_CLASSES`` (``'background'``, then the shape kinds).
 
 COCO annotation files hold ``info``, ``licenses``, ``images`` (``id``,
 ``file_name``, ``height``, ``width``), ``annotations`` (``id``, ``image_id``,
 ``category_id``, tight ``bbox`` ``[x, y, w, h]``, ``area`` = visible mask
 pixels, ``iscrowd`` 0, one polygon in ``segmentation`` that pycocotools
-rasterizes back to exactly the visible mask) and ``categories``: all 80
-standard COCO categories with their standard ids; shape kind ``k`` uses the
-``k``-th of them (person, bicycle, car, ...), since mmdet maps classes by
-name. Image ids are unique across both splits.
+rasterizes back to exactly the visible mask) and ``categories``: shape kind
+``k`` is category ``k + 1``, named after it (supercategory ``'shape'``), since
+mmdet maps classes by name. Image ids are unique across both splits.
+
+Load them with ``mmsparse.SyntheticADE20KDataset`` and
+``mmsparse.SyntheticCocoDataset``, which declare these classes;
+``mmsparse.datasets.synthetic.use_synthetic_data(cfg, out)`` points an mmseg or
+mmdet config at them.
 
 Usage (from the repository root)::
 
@@ -50,7 +56,9 @@ import time
 import cv2
 import numpy as np
 
-DATASETS = ('ade', 'coco')
+from mmsparse.datasets.synthetic import SYNTHETIC_DET_CLASSES, SYNTHETIC_ROOTS
+
+DATASETS = tuple(SYNTHETIC_ROOTS)  # ('ade', 'coco')
 DEFAULT_OUT = 'data'
 DEFAULT_NUM_TRAIN = 24
 DEFAULT_NUM_VAL = 8
@@ -64,22 +72,26 @@ PLACEMENT_TRIES = 30
 BORDER = 2  # width of the unlabelled (0) frame in ADE20K label maps
 JPEG_QUALITY = 95
 
-# name, vertices, inner radius ratio (stars), minor/major axis ratio range
-SHAPE_KINDS = (
-    ('circle', 48, 1.0, (1.0, 1.0)),
-    ('square', 4, 1.0, (1.0, 1.0)),
-    ('triangle', 3, 1.0, (1.0, 1.0)),
-    ('ellipse', 48, 1.0, (0.55, 0.7)),
-    ('star', 10, 0.45, (1.0, 1.0)),
-    ('hexagon', 6, 1.0, (1.0, 1.0)),
-)
+# vertices, inner radius ratio (stars), minor/major axis ratio range, by kind
+SHAPE_GEOMETRY = {
+    'circle': (48, 1.0, (1.0, 1.0)),
+    'square': (4, 1.0, (1.0, 1.0)),
+    'triangle': (3, 1.0, (1.0, 1.0)),
+    'ellipse': (48, 1.0, (0.55, 0.7)),
+    'star': (10, 0.45, (1.0, 1.0)),
+    'hexagon': (6, 1.0, (1.0, 1.0)),
+}
+assert set(SHAPE_GEOMETRY) == set(SYNTHETIC_DET_CLASSES), (
+    'one geometry per class of mmsparse.datasets.synthetic')
+# (name, vertices, inner radius ratio, axis ratio range); kind k is class k
+SHAPE_KINDS = tuple(
+    (name, *SHAPE_GEOMETRY[name]) for name in SYNTHETIC_DET_CLASSES)
 # Every kind is at least this many circumradii wide and high (ellipse:
 # 2 * 0.55).
 MIN_EXTENT_PER_RADIUS = 1.1
 
 ADE_SPLITS = {'train': 'training', 'val': 'validation'}
 COCO_SPLITS = {'train': 'train2017', 'val': 'val2017'}
-DATASET_ROOTS = {'ade': ('ade', 'ADEChallengeData2016'), 'coco': ('coco', )}
 DATASET_FOLDERS = {
     'ade': [
         osp.join(kind, split) for kind in ('images', 'annotations')
@@ -89,37 +101,9 @@ DATASET_FOLDERS = {
 }
 ADE_LABEL_UNLABELLED, ADE_LABEL_BACKGROUND, ADE_LABEL_FIRST_SHAPE = 0, 1, 2
 
-# The 80 COCO categories by supercategory, in id order; ids 1..90 skip these.
-COCO_MISSING_IDS = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
-COCO_SUPERCATEGORIES = (
-    ('person', ('person', )),
-    ('vehicle', ('bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train',
-                 'truck', 'boat')),
-    ('outdoor', ('traffic light', 'fire hydrant', 'stop sign',
-                 'parking meter', 'bench')),
-    ('animal', ('bird', 'cat', 'dog', 'horse', 'sheep', 'cow', 'elephant',
-                'bear', 'zebra', 'giraffe')),
-    ('accessory', ('backpack', 'umbrella', 'handbag', 'tie', 'suitcase')),
-    ('sports', ('frisbee', 'skis', 'snowboard', 'sports ball', 'kite',
-                'baseball bat', 'baseball glove', 'skateboard', 'surfboard',
-                'tennis racket')),
-    ('kitchen', ('bottle', 'wine glass', 'cup', 'fork', 'knife', 'spoon',
-                 'bowl')),
-    ('food', ('banana', 'apple', 'sandwich', 'orange', 'broccoli', 'carrot',
-              'hot dog', 'pizza', 'donut', 'cake')),
-    ('furniture', ('chair', 'couch', 'potted plant', 'bed', 'dining table',
-                   'toilet')),
-    ('electronic', ('tv', 'laptop', 'mouse', 'remote', 'keyboard',
-                    'cell phone')),
-    ('appliance', ('microwave', 'oven', 'toaster', 'sink', 'refrigerator')),
-    ('indoor', ('book', 'clock', 'vase', 'scissors', 'teddy bear',
-                'hair drier', 'toothbrush')),
-)
 COCO_CATEGORIES = [
-    dict(id=cat_id, name=name, supercategory=supercategory)
-    for cat_id, (supercategory, name) in zip(
-        (i for i in range(1, 91) if i not in COCO_MISSING_IDS),
-        ((sup, name) for sup, names in COCO_SUPERCATEGORIES for name in names))
+    dict(id=kind + 1, name=name, supercategory='shape')
+    for kind, name in enumerate(SYNTHETIC_DET_CLASSES)
 ]
 
 
@@ -134,9 +118,10 @@ def _hsv_colour(rng, sat_range, val_range, hue_range=(0, 180)):
 def _shape_colour(rng, kind):
     """A saturated colour from the hue band of shape ``kind``.
 
-    Each kind owns a band of ``HUE_JITTER`` around its own hue, so colour and
-    shape both tell the class: a small model learns it in a few hundred
-    iterations on a CPU, which the end-to-end training test relies on.
+    Each kind owns a band of ``HUE_JITTER`` around its own hue (the colour
+    of its class in ``SYNTHETIC_DET_PALETTE``), so colour and shape both tell
+    the class: a small model learns it in a few hundred iterations on a CPU,
+    which the end-to-end training test relies on.
     """
     centre = kind * 180 / len(SHAPE_KINDS)
     return _hsv_colour(rng, (0.6, 1), (0.6, 1), (centre - HUE_JITTER, centre + HUE_JITTER))
@@ -393,7 +378,7 @@ def generate(out_dir=DEFAULT_OUT,
     _check_args(datasets, num_train, num_val, size, seed)
     height, width = size
     roots = {
-        name: osp.join(out_dir, *DATASET_ROOTS[name])
+        name: osp.join(out_dir, SYNTHETIC_ROOTS[name])
         for name in DATASETS if name in datasets
     }
     for root in roots.values():

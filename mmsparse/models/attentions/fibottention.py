@@ -8,7 +8,7 @@ from mmsparse.ops.fibottention import (LAYOUTS, MODES, SHUFFLES, fibottention_at
 class FibottentionAttention(nn.Module):
     """Multi-head self-attention of a ViT block with Fibottention (arXiv 2406.19391).
 
-    The layer's head-shuffled Wythoff/Fibonacci pattern (``docs/fibottention.md``)
+    The layer's head-shuffled Wythoff/Fibonacci pattern (:mod:`mmsparse.ops.fibottention`)
     is built per token grid and cached per device; the mask itself is never
     materialised. ``attention='dense'`` swaps in plain softmax attention
     (``F.scaled_dot_product_attention``) with the same parameters, for dense

@@ -2,7 +2,9 @@
 
 Every head keeps, for each patch token, the keys at a head-specific set of
 offsets built from a Wythoff-array row continued as a Fibonacci run (paper
-Algorithm 1-2, ``docs/fibottention.md`` section 1), plus the CLS row and column.
+Algorithms 1-2; the official rule is ``generate_head_indices`` of
+https://github.com/Charlotte-CharMLab/Fibottention/blob/adf9919771697e56615a7e5d165a50855ee264f5/fibottention.py),
+plus the CLS row and column.
 The sets of different heads are disjoint, so the heads see different token pairs.
 
 Offsets live in a :class:`FibPattern`: a per-head table of signed 2-D
@@ -61,7 +63,8 @@ def head_permutation(num_heads, seed):
     """Head shuffle of one layer: ``random.Random(seed).shuffle(list(range(num_heads)))``.
 
     Same permutation as the official ``random.seed(l); random.shuffle(...)``
-    without touching the global RNG (doc section 1.3). Head slot ``h`` uses
+    without touching the global RNG (the official ``shuffle`` in ``fibottention.py``
+    reseeds the global ``random`` module). Head slot ``h`` uses
     Wythoff row ``perm[h] + 1``.
     """
     perm = list(range(num_heads))
@@ -80,7 +83,7 @@ def _fibonacci_run(first, second, cap):
 
 def fibonacci_offsets(num_patches, num_heads, layer_id=0, shuffle='per_layer', is_modified=False,
                       wmin=5, wmax=None):
-    """Per-head 1-D offset sets of one layer (doc sections 1.2-1.3).
+    """Per-head 1-D offset sets of one layer (official ``generate_head_indices`` + ``shuffle``).
 
     Head ``i`` (1-based, before shuffling) starts from the Wythoff pair
     ``a_i = floor(floor(i*phi)*phi)``, ``b_i = floor(floor(i*phi)*phi**2)`` and
@@ -92,7 +95,8 @@ def fibonacci_offsets(num_patches, num_heads, layer_id=0, shuffle='per_layer', i
         layer_id (int): block index; the shuffle seed for ``shuffle='per_layer'``.
         shuffle (str): ``'per_layer'`` (seed = layer_id), ``'shared'`` (seed 0 for
             every layer, the official training path) or ``'none'``.
-        is_modified (bool): extend each Wythoff row one step backwards (doc 1.5).
+        is_modified (bool): extend each Wythoff row one step backwards, as the
+            official ``is_modified`` flag: ``a' = a - (b - a)``, ``b' = b - a``.
         wmin (int): cap of head 1.
         wmax (int, optional): cap of head H; default ``num_patches // 3``.
 
@@ -193,8 +197,8 @@ def fibottention_attention(q, k, v, pattern, scale=None, mode='sparse', with_cls
         scale (float, optional): logit scale, default ``D ** -0.5``.
         mode (str): ``'sparse'``: masked logits are ``-inf`` (excluded);
             ``'official'``: masked logits are ``0`` as in the official
-            multiplicative mask, computed sparsely with the V-sum rewrite (doc
-            section 3). A patch row with no kept key (sparse mode, no CLS)
+            multiplicative mask, computed sparsely with the V-sum rewrite
+            (``docs/design.md``). A patch row with no kept key (sparse mode, no CLS)
             outputs zeros.
         with_cls (bool): token 0 is a CLS token: its row and column are kept.
         backend (str, optional): ``'auto'``, ``'torch'`` or ``'triton'``; see

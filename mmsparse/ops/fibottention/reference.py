@@ -1,7 +1,8 @@
 """Pure-PyTorch Fibottention: the readable specification.
 
-Rahimian et al., "Fibottention", arXiv 2406.19391; semantics in
-``docs/fibottention.md`` sections 3-4. Patch queries gather only their kept keys
+Rahimian et al., "Fibottention", arXiv 2406.19391; the two masking modes and the
+V-sum rewrite are written out in ``docs/design.md`` ("Fibottention: the two masking
+modes"). Patch queries gather only their kept keys
 (CLS plus the pattern's neighbours), so memory grows with the number of kept
 entries, ``O(B * heads * N * K * D)``, never with ``N**2``. The CLS query is a
 dense row.

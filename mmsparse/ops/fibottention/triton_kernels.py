@@ -1,7 +1,7 @@
 """Fused Triton forward and backward of Fibottention.
 
 Same semantics as :func:`mmsparse.ops.fibottention.reference.fibottention_reference`
-(Rahimian et al., arXiv 2406.19391; ``docs/fibottention.md`` sections 3-4) with
+(Rahimian et al., arXiv 2406.19391; modes written out in ``docs/design.md``) with
 work proportional to the number of KEPT entries: every patch query visits the
 CLS key and its ``K`` pattern neighbours (gathered through the displacement
 table, no mask is built), every patch key visits the CLS query and the

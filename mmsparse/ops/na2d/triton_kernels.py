@@ -1,7 +1,8 @@
 """Fused Triton forward and backward of 2-D neighborhood attention with RPB.
 
 Same semantics as :func:`mmsparse.ops.na2d.reference.na2d_reference` (NATTEN
-0.14.4, see ``docs/nat.md`` section 1), without materialising the
+0.14.4, https://github.com/SHI-Labs/NATTEN/tree/v0.14.4; rules written out in
+``docs/design.md``), without materialising the
 ``(B, heads, H, W, k*k)`` attention tensor: each program owns a block of query
 tokens of one (batch, head), walks their ``k*k`` neighbours one at a time with an
 online softmax, and stores only the output and the per-query log-sum-exp. The
@@ -17,7 +18,9 @@ Layout used by the kernels
 * Neighbour ``t = ti*k + tj`` of query ``(i, j)`` is the key at
   ``(row_start(i) + ti*d, col_start(j) + tj*d)``; its bias is
   ``rpb[head, row_bias(i) + ti, col_bias(j) + tj]``. ``*_start`` and ``*_bias``
-  are the window rules of ``docs/nat.md`` 1.2, computed per query in-kernel
+  are NATTEN 0.14.4's window rules (``get_window_start`` / ``get_pb_start`` of
+  https://github.com/SHI-Labs/NATTEN/blob/v0.14.4/natten/src/cpp/natten_cpu_commons.h,
+  written out in ``docs/design.md``), computed per query in-kernel
   (:func:`_window`), identical to
   :func:`mmsparse.ops.na2d.reference.neighborhood_indices`.
 
@@ -44,7 +47,7 @@ _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64
 
 @triton.jit
 def _window(pos, length, K: tl.constexpr, dilation):
-    """First neighbour and first bias index along one axis (``docs/nat.md`` 1.2)."""
+    """First neighbour and first bias index along one axis (NATTEN 0.14.4 window rule)."""
     residue = pos % dilation
     group = pos // dilation
     class_len = (length - residue + dilation - 1) // dilation

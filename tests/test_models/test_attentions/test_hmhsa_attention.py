@@ -1,11 +1,11 @@
 """HierarchicalMHSA against the official H-MHSA fixtures (float64) and a padding-free oracle.
 
-Official fixtures (docs/hatnet.md, fixtures hatnet_hmhsa_op.pt): outputs, input and
+Official fixtures (hatnet_hmhsa_op.pt, see tests/data/official/README.md): outputs, input and
 parameter gradients, for both backends ('torch' reference, 'triton' = SDPA), at
 atol 1e-10 / rtol 1e-8 (observed <= 2e-13). At sizes that are not multiples of the
 window or pooling cell, the module is compared with an oracle that never pads:
 dense local attention restricted to same-window pairs and an averaging matrix for
-the pooling (docs/hatnet.md, section 5), at atol 1e-12.
+the pooling (docs/design.md, "H-MHSA at any input size"), at atol 1e-12.
 """
 import math
 

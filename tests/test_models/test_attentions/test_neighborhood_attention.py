@@ -18,7 +18,8 @@ def build(kernel_size=5, dilation=2, backend='torch', seed=0):
 
 
 def expected_output(module, x):
-    """docs/nat.md 1.5 written out: pad the input to k*d, qkv, NA, crop, proj."""
+    """NATTEN 0.14.4's ``NeighborhoodAttention2D.forward`` written out (``docs/design.md``):
+    pad the input to k*d, qkv, NA, crop, proj."""
     height, width = x.shape[1:3]
     window = module.kernel_size * module.dilation
     padded = F.pad(x, (0, 0, 0, max(window - width, 0), 0, max(window - height, 0)))

@@ -10,7 +10,9 @@ from .utils import assert_checkpointing_keeps_gradients
 
 TINY_ARCH = dict(embed_dims=16, depths=(1, 2, 2, 1), num_heads=(1, 2, 4, 8), mlp_ratio=2.)
 TINY_DILATIONS = [[4], [1, 2], [1, 3], [1]]
-# docs/nat.md 2.4: DiNAT dilations of the ADE20K 512 configs (tiny/small/base).
+# DiNAT dilations of the official ADE20K 512 configs (tiny/small/base):
+# segmentation/configs/dinat/upernet_dinat_{tiny,small,base}_512x512_160k_ade20k.py of
+# https://github.com/SHI-Labs/Neighborhood-Attention-Transformer (commit 73336ab).
 ADE_DILATIONS = [[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]]
 F64_TOL = dict(atol=1e-9, rtol=1e-7)
 F32_TOL = dict(atol=2e-5, rtol=1e-4)
@@ -45,7 +47,12 @@ def official_model(fixture):
     ('large', None, 199_409_202, 200_943_514),  # DiNAT-L
 ])
 def test_preset_parameter_counts(arch, layer_scale, backbone_params, classifier_params):
-    """docs/nat.md 2.4: the official dense backbones and (swapping norm0..3 for norm + head) classifiers."""
+    """The official dense backbones and (swapping norm0..3 for norm + head) classifiers.
+
+    Counts of the official ``detection/nat.py`` and ``classification/{nat,dinat}.py`` presets
+    (https://github.com/SHI-Labs/Neighborhood-Attention-Transformer), as listed in
+    ``configs/nat/README.md``.
+    """
     model = NAT(arch, layer_scale=layer_scale)
     count = sum(p.numel() for p in model.parameters())
     assert count == backbone_params
@@ -56,7 +63,8 @@ def test_preset_parameter_counts(arch, layer_scale, backbone_params, classifier_
 
 @pytest.mark.parametrize('input_key,output_key', [('input', 'outputs'), ('input_small', 'outputs_small')])
 def test_reproduces_official_outputs(backbone_fixture, input_key, output_key):
-    """Covers d=1/2/3, maps exactly k*d wide and the pad-then-crop path (docs/nat.md 1.5)."""
+    """Covers d=1/2/3, maps exactly k*d wide and NATTEN 0.14.4's pad-then-crop path of small maps
+    (https://github.com/SHI-Labs/NATTEN/blob/v0.14.4/natten/natten2d.py; ``docs/design.md``)."""
     model = official_model(backbone_fixture)
     with torch.no_grad():
         outs = model(backbone_fixture[input_key])
@@ -220,7 +228,7 @@ def test_init_cfg_refuses_unexpected_keys(backbone_fixture, tmp_path):
 
 
 def test_init_cfg_refuses_shape_mismatch(backbone_fixture, tmp_path):
-    """E.g. a k=7 checkpoint into a k=5 model: the rpb tables differ (docs/nat.md 3)."""
+    """E.g. a k=7 checkpoint into a k=5 model: the rpb tables, (heads, 2k-1, 2k-1), differ."""
     path = str(tmp_path / 'official.pth')
     save_official_imagenet_checkpoint(backbone_fixture, path)
     kwargs = official_config_to_kwargs(backbone_fixture['config'])
