@@ -208,7 +208,8 @@ def prepare_train_cfg(args):
     """Return the training config for the arguments of :func:`parse_train_args`.
 
     Besides the shared steps (config options, ``work_dir``, default scope,
-    ``mmsparse.models``, safe checkpoint loading, CPU-distributed settings):
+    ``mmsparse.models``, safe checkpoint loading, CPU-distributed settings): adds
+    ``mmsparse.RNGStateHook`` (random states in checkpoints, restored on resume);
     ``--amp`` switches to ``AmpOptimWrapper`` with dynamic loss scaling;
     ``--resume CKPT`` resumes from ``CKPT``, bare ``--resume`` from the latest
     checkpoint in ``work_dir``.
@@ -220,6 +221,10 @@ def prepare_train_cfg(args):
         mmengine.Config: The config to build the runner from.
     """
     cfg = _prepare_cfg(args)
+    # Checkpoints carry every rank's random states, so --resume continues exactly.
+    hooks = cfg.get('custom_hooks') or []
+    if not any(hook.get('type') in ('RNGStateHook', 'mmsparse.RNGStateHook') for hook in hooks):
+        cfg.custom_hooks = hooks + [dict(type='mmsparse.RNGStateHook')]
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'

@@ -13,9 +13,13 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from mmsparse.utils import safe_load
+
 from ..conftest import REPO_ROOT, load_tool
+from ..utils import run_command, write_shrunk_config
 
 ENTRY_CONFIG = 'configs/biformer/upernet_ade20k.py'
 # The README's --cfg-options that shrink BiFormer-S UperNet 160k to a CPU run on the
@@ -124,3 +128,34 @@ def test_interrupted_training_resumes_and_tests(ade_root, tmp_path):
                       '--cfg-options', *CPU_OPTIONS, *data_options(ade_root))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'mIoU' in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_resume_is_exact_with_dropout_and_drop_path(synthetic_data, tmp_path):
+    """4 iterations straight == 2 iterations + ``--resume`` to 4: same losses, same weights.
+
+    Drop path (0.3, the entry config's) and the heads' dropout (0.1) are on, and the
+    pipeline's random resize, crop, flip and photometric distortion draw numbers too.
+    """
+    def train(work_dir, max_iters, *extra):
+        config = write_shrunk_config(
+            ENTRY_CONFIG, str(synthetic_data), str(work_dir), tmp_path / f'{work_dir.name}.py',
+            checkpoint_interval=2, model=dict(backbone=dict(arch='tiny')),
+            randomness=dict(seed=0), train_cfg=dict(max_iters=max_iters),
+            default_hooks=dict(logger=dict(interval=1)))
+        run_command(sys.executable, 'tools/train.py', config, *extra)
+        return {r['iter']: r['loss'] for r in read_scalars(str(work_dir)) if 'loss' in r}
+
+    straight = train(tmp_path / 'straight', 4)
+    first = train(tmp_path / 'resumed', 2)
+    resumed = train(tmp_path / 'resumed', 4, '--resume')
+    assert sorted(straight) == [1, 2, 3, 4]
+    assert {i: first[i] for i in (1, 2)} == {i: straight[i] for i in (1, 2)}
+    assert {i: resumed[i] for i in (3, 4)} == {i: straight[i] for i in (3, 4)}
+    checkpoint = safe_load(str(tmp_path / 'resumed' / 'iter_2.pth'))
+    assert len(checkpoint['rng_state']['ranks']) == 1 and checkpoint['rng_state']['batches'] == 2
+    final_straight = safe_load(str(tmp_path / 'straight' / 'iter_4.pth'))['state_dict']
+    final_resumed = safe_load(str(tmp_path / 'resumed' / 'iter_4.pth'))['state_dict']
+    assert final_straight.keys() == final_resumed.keys()
+    for name, value in final_straight.items():
+        assert torch.equal(value, final_resumed[name]), name
