@@ -65,7 +65,9 @@ NO_DECAY_ON_RPB_AND_NORMS = {'rpb': dict(decay_mult=0.), 'norm': dict(decay_mult
     ('configs/nat/upernet_dinat-t_8xb2-160k_ade20k-512x512.py', ADE_DILATIONS),
 ])
 def test_nat_upernet_uses_the_official_recipe(path, dilations):
-    """docs/nat.md 2.5-2.6: AdamW 6e-5 wd 0.01, 1500-iter warmup from 1e-6, poly(1) to 160k."""
+    """The official recipe (segmentation/configs/nat/upernet_nat_*_512x512_160k_ade20k.py of
+    https://github.com/SHI-Labs/Neighborhood-Attention-Transformer): AdamW 6e-5 wd 0.01,
+    1500-iter warmup from 1e-6, poly(1) to 160k."""
     cfg = load(path)
     backbone = cfg.model.backbone
     assert (backbone.arch, backbone.kernel_size, backbone.drop_path_rate) == ('tiny', 7, 0.3)
