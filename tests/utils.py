@@ -2,6 +2,7 @@
 import os.path as osp
 import re
 import subprocess
+import sys
 
 from mmengine.config import Config
 
@@ -44,3 +45,34 @@ def write_shrunk_config(config, data_root, work_dir, path, checkpoint_interval, 
     cfg.merge_from_dict(overrides)
     cfg.dump(str(path))
     return str(path)
+
+
+FRESH_BUILD = """
+import sys
+from mmengine.registry import init_default_scope
+{imports}
+from {codebase}.registry import {registry}
+init_default_scope('{codebase}')
+assert '{package}' not in sys.modules or {with_imports}
+{build}
+"""
+
+
+def build_in_fresh_interpreter(codebase, registry, package, build, with_imports):
+    """Run ``build`` in a new interpreter under ``codebase``'s default scope.
+
+    ``registry`` (e.g. ``'MODELS'``) is imported from ``<codebase>.registry``; with
+    ``with_imports`` the mmsparse ``package`` is imported first, as ``custom_imports``
+    would, else the run asserts that the registry's ``locations`` alone import it.
+
+    Returns:
+        list[str]: The lines ``build`` printed.
+    """
+    imports = ('from mmengine.utils import import_modules_from_strings\n'
+               f"import_modules_from_strings(['{package}'])") if with_imports else ''
+    code = FRESH_BUILD.format(imports=imports, codebase=codebase, registry=registry,
+                              package=package, with_imports=with_imports, build=build)
+    result = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().splitlines()

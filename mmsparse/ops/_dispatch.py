@@ -50,7 +50,11 @@ def interpreting():
 
 
 def check_triton_device(name, *tensors):
-    """Triton kernels need CUDA tensors unless the interpreter is on."""
+    """Triton kernels need CUDA tensors unless the interpreter is on (never meta tensors)."""
+    for t in tensors:
+        if t.is_meta:
+            raise ValueError(f'{name} is on the meta device; the triton backend needs CUDA tensors '
+                             '(or TRITON_INTERPRET=1 with CPU tensors)')
     if interpreting():
         return
     for t in tensors:

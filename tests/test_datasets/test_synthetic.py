@@ -20,6 +20,7 @@ from mmsparse.datasets.synthetic import (SYNTHETIC_DET_CLASSES, SYNTHETIC_DET_PA
                                          use_synthetic_data)
 
 from ..conftest import REPO_ROOT
+from ..utils import build_in_fresh_interpreter
 
 SEG_CONFIG = osp.join(REPO_ROOT, 'configs', 'biformer', 'upernet_ade20k.py')
 DET_CONFIG = osp.join(REPO_ROOT, 'configs', 'nat', 'cascade-mask-rcnn_nat-t_fpn_3x_coco.py')
@@ -48,28 +49,17 @@ def test_registry_is_a_child_of_mmengine_root():
     assert DATASETS.get('SyntheticCocoDataset') is SyntheticCocoDataset
 
 
-BUILD = """
-import sys
-from mmengine.registry import init_default_scope
-{imports}
-from {codebase}.registry import DATASETS
-init_default_scope('{codebase}')
-assert 'mmsparse.datasets' not in sys.modules or {with_imports}
-for name in ('SyntheticADE20KDataset', 'SyntheticCocoDataset'):
-    dataset = DATASETS.build(dict(type='mmsparse.' + name, data_root='unused', lazy_init=True))
-    print(type(dataset).__module__, type(dataset).__name__, len(dataset.metainfo['classes']))
-"""
-
-
 @pytest.mark.parametrize('codebase', ['mmdet', 'mmseg'])
 @pytest.mark.parametrize('with_imports', [True, False])
 def test_datasets_resolve_in_a_fresh_interpreter(codebase, with_imports):
-    imports = ("from mmengine.utils import import_modules_from_strings\n"
-               "import_modules_from_strings(['mmsparse.datasets'])") if with_imports else ''
-    code = BUILD.format(imports=imports, codebase=codebase, with_imports=with_imports)
-    result = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-2:] == [
+    build = ("for name in ('SyntheticADE20KDataset', 'SyntheticCocoDataset'):\n"
+             "    dataset = DATASETS.build(dict(type='mmsparse.' + name, data_root='unused', "
+             "lazy_init=True))\n"
+             "    print(type(dataset).__module__, type(dataset).__name__, "
+             "len(dataset.metainfo['classes']))")
+    lines = build_in_fresh_interpreter(codebase, 'DATASETS', 'mmsparse.datasets', build,
+                                       with_imports)
+    assert lines[-2:] == [
         'mmsparse.datasets.synthetic SyntheticADE20KDataset 7',
         'mmsparse.datasets.synthetic SyntheticCocoDataset 6',
     ]

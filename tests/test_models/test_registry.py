@@ -1,32 +1,24 @@
-"""``type='mmsparse.BiFormer'`` resolves from mmdet's and mmseg's scopes, with or without custom_imports."""
-import subprocess
-import sys
-
+"""``type='mmsparse.X'`` (backbones, hooks) resolves from mmdet's and mmseg's scopes, with or without custom_imports."""
 import pytest
 
-from ..conftest import REPO_ROOT
-
-BUILD = """
-import sys
-from mmengine.registry import init_default_scope
-{imports}
-from {codebase}.registry import MODELS
-init_default_scope('{codebase}')
-assert 'mmsparse.models' not in sys.modules or {with_imports}
-backbone = MODELS.build(dict(type='mmsparse.BiFormer', arch='tiny'))
-print(type(backbone).__module__, type(backbone).__name__)
-"""
-
+from ..utils import build_in_fresh_interpreter
 
 @pytest.mark.parametrize('codebase', ['mmdet', 'mmseg'])
 @pytest.mark.parametrize('with_imports', [True, False])
 def test_backbone_resolves_in_a_fresh_interpreter(codebase, with_imports):
-    imports = ("from mmengine.utils import import_modules_from_strings\n"
-               "import_modules_from_strings(['mmsparse.models'])") if with_imports else ''
-    code = BUILD.format(imports=imports, codebase=codebase, with_imports=with_imports)
-    result = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().endswith('mmsparse.models.backbones.biformer BiFormer')
+    build = ("backbone = MODELS.build(dict(type='mmsparse.BiFormer', arch='tiny'))\n"
+             "print(type(backbone).__module__, type(backbone).__name__)")
+    lines = build_in_fresh_interpreter(codebase, 'MODELS', 'mmsparse.models', build, with_imports)
+    assert lines[-1] == 'mmsparse.models.backbones.biformer BiFormer'
+
+
+@pytest.mark.parametrize('codebase', ['mmdet', 'mmseg'])
+@pytest.mark.parametrize('with_imports', [True, False])
+def test_rng_state_hook_resolves_in_a_fresh_interpreter(codebase, with_imports):
+    build = ("hook = HOOKS.build(dict(type='mmsparse.RNGStateHook'))\n"
+             "print(type(hook).__module__, type(hook).__name__)")
+    lines = build_in_fresh_interpreter(codebase, 'HOOKS', 'mmsparse.engine', build, with_imports)
+    assert lines[-1] == 'mmsparse.engine.hooks RNGStateHook'
 
 
 def test_registry_is_a_child_of_mmengine_root():

@@ -1,4 +1,5 @@
 """Bi-level routing attention (BiFormer, arXiv 2303.08810) as a functional op."""
+from .._checks import check_attention_tensors, check_positive_int, check_scale
 from .._dispatch import resolve_backend
 from .reference import bra_attention_reference, region_merge, region_partition, route_regions
 
@@ -27,7 +28,7 @@ def bi_level_routing_attention(q, k, v, num_heads, n_win, topk, scale=None,
     Returns:
         Tensor: (N, H, W, Cv), or ``(out, region_index)`` with ``return_routing``.
     """
-    _check_inputs(q, k, v, num_heads, n_win, topk)
+    _check_inputs(q, k, v, num_heads, n_win, topk, scale)  # before routing touches q, k
     if scale is None:
         scale = q.shape[-1] ** -0.5
     region_index = route_regions(q, k, n_win, topk, scale)
@@ -39,20 +40,24 @@ def bi_level_routing_attention(q, k, v, num_heads, n_win, topk, scale=None,
     return (out, region_index) if return_routing else out
 
 
-def _check_inputs(q, k, v, num_heads, n_win, topk):
+def _check_inputs(q, k, v, num_heads, n_win, topk, scale):
+    op = 'bi_level_routing_attention'
+    check_attention_tensors(op, {'q': q, 'k': k, 'v': v})
+    check_positive_int(op, 'num_heads', num_heads)
+    check_positive_int(op, 'n_win', n_win)
+    check_positive_int(op, 'topk', topk)
+    check_scale(op, scale)
     if q.dim() != 4 or q.shape != k.shape or v.shape[:3] != q.shape[:3]:
         raise ValueError(f'q, k, v must be NHWC maps with q.shape == k.shape and matching '
                          f'(N, H, W); got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}')
     height, width = q.shape[1:3]
-    if not isinstance(n_win, int) or n_win < 1:
-        raise ValueError(f'n_win={n_win!r} must be a positive int')
     if height % n_win or width % n_win:
         raise ValueError(f'the map size {height}x{width} must be divisible by n_win={n_win}; '
                          'pad it first (the BRA module does this with auto_pad=True)')
     if not 1 <= topk <= n_win * n_win:
         raise ValueError(f'topk={topk} must be in [1, n_win**2 = {n_win * n_win}]')
     for name, channels in (('Cqk', q.shape[-1]), ('Cv', v.shape[-1])):
-        if num_heads < 1 or channels % num_heads:
+        if channels % num_heads:
             raise ValueError(f'num_heads={num_heads} must divide {name}={channels}')
 
 

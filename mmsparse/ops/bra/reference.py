@@ -70,7 +70,8 @@ def bra_attention_reference(q, k, v, region_index, num_heads, n_win, scale):
     v_sel = v_r[batch, region_index].reshape(n, num_regions, topk * tokens, c_v)
 
     def heads(t):
-        return t.reshape(*t.shape[:3], num_heads, -1).transpose(2, 3)
+        # Explicit head width: ``-1`` is ambiguous for an empty batch.
+        return t.reshape(*t.shape[:3], num_heads, t.shape[-1] // num_heads).transpose(2, 3)
 
     attn = (heads(q_r) * scale) @ heads(k_sel).transpose(-1, -2)
     out = attn.softmax(dim=-1) @ heads(v_sel)

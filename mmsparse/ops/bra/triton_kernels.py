@@ -118,10 +118,12 @@ def _bra_fwd_kernel(
                      mask=mask_dqk[:, None] & mask_n[None, :], other=0.0).to(DOT_DTYPE)
         s = tl.dot(q, kt, input_precision=PRECISION, out_dtype=ACC_DTYPE) * qk_scale
         s = tl.where(mask_n[None, :], s, float('-inf'))
-        # Online softmax: the first block always holds a valid key, so m_new is finite.
+        # Online softmax. A row whose logits so far are all -inf (infinite keys) has
+        # m_new = -inf; rescale against 0 there, or -inf - -inf would make it NaN.
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        m_ref = tl.where(m_new == float('-inf'), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_ref)
+        p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + b * stride_vn + k_y[:, None] * stride_vh + k_x[:, None] * stride_vw
                     + (head * D_V + offs_dv)[None, :] * stride_vc,

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import torch
 
+from .._checks import check_attention_tensors, check_scale
 from .._dispatch import resolve_backend
 from .reference import fibottention_reference, neighbor_index
 
@@ -207,7 +208,7 @@ def fibottention_attention(q, k, v, pattern, scale=None, mode='sparse', with_cls
     Returns:
         Tensor: (B, heads, T, D), dtype of ``v``.
     """
-    _check_inputs(q, k, v, pattern, mode, with_cls)
+    _check_inputs(q, k, v, pattern, mode, with_cls, scale)
     if scale is None:
         scale = q.shape[-1]**-0.5
     if resolve_backend(backend, q, k, v) == 'triton':
@@ -221,8 +222,10 @@ def _check_choice(name, value, allowed):
         raise ValueError(f'{name}={value!r} is not supported; expected one of {allowed}')
 
 
-def _check_inputs(q, k, v, pattern, mode, with_cls):
+def _check_inputs(q, k, v, pattern, mode, with_cls, scale):
     _check_choice('mode', mode, MODES)
+    check_attention_tensors('fibottention_attention', {'q': q, 'k': k, 'v': v})
+    check_scale('fibottention_attention', scale)
     if not isinstance(pattern, FibPattern):
         raise TypeError(f'pattern must be a FibPattern (see fibottention_pattern), got '
                         f'{type(pattern).__name__}')

@@ -332,9 +332,6 @@ def _validate(q, k, v, pattern):
                             f'kernels; q, k, v must share one of {_SUPPORTED_DTYPES}')
         if t.device != q.device:
             raise ValueError(f'{name}.device={t.device} must equal q.device={q.device}')
-        if t.stride(-1) != 1:
-            raise ValueError(f'{name} must have a unit stride on the head dim, got stride '
-                             f'{t.stride()}')
 
 
 class _FibottentionFunction(torch.autograd.Function):
@@ -399,8 +396,9 @@ def fibottention_triton(q, k, v, pattern, scale, mode='sparse', with_cls=True):
     """Fibottention with fused Triton kernels; drop-in for the reference.
 
     Args:
-        q, k, v (Tensor): (B, heads, T, D) float16/bfloat16/float32/float64 with
-            unit stride on D (other strides are free, e.g. a permuted fused qkv).
+        q, k, v (Tensor): (B, heads, T, D) float16/bfloat16/float32/float64, any
+            strides (a permuted fused qkv costs no copy; a tensor without unit stride
+            on D is made contiguous first).
         pattern (FibPattern): kept displacements; moved to ``q.device``.
         scale (float): logit scale.
         mode (str): ``'sparse'`` or ``'official'``.
@@ -411,6 +409,8 @@ def fibottention_triton(q, k, v, pattern, scale, mode='sparse', with_cls=True):
         q, k, v (first order).
     """
     _validate(q, k, v, pattern)
+    # The kernels address the head dim with unit stride; copy only the inputs that lack it.
+    q, k, v = (t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous() for t in (q, k, v))
     if q.numel() == 0:
         return fibottention_reference(q, k, v, pattern, scale, mode, with_cls)
     pattern = pattern.to(q.device)

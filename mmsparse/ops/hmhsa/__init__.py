@@ -18,6 +18,7 @@ both attention steps are dense attention over small key sets, which SDPA serves.
 """
 import torch.nn.functional as F
 
+from .._checks import check_attention_tensors, check_positive_int, check_scale
 from .._dispatch import resolve_backend
 from .reference import (attention_reference, merge_heads, split_heads, window_key_mask,
                         window_merge, window_partition)
@@ -29,11 +30,14 @@ def _attention_core(backend, *tensors):
     return attention_sdpa if fast else attention_reference
 
 
-def _check_maps(name_to_map, num_heads):
+def _check_maps(op, name_to_map, num_heads, scale):
+    check_attention_tensors(op, name_to_map)
+    check_positive_int(op, 'num_heads', num_heads)
+    check_scale(op, scale)
     for name, x in name_to_map.items():
         if x.dim() != 4:
             raise ValueError(f'{name} must be an NCHW map (B, C, H, W); got shape {tuple(x.shape)}')
-        if not isinstance(num_heads, int) or num_heads < 1 or x.shape[1] % num_heads:
+        if x.shape[1] % num_heads:
             raise ValueError(f'num_heads={num_heads!r} must be a positive int dividing the '
                              f'channels of {name} ({x.shape[1]})')
 
@@ -64,7 +68,7 @@ def grid_attention(q, k, v, num_heads, grid_size, scale=None, backend=None):
     Returns:
         Tensor: (B, C, H, W).
     """
-    _check_maps({'q': q, 'k': k, 'v': v}, num_heads)
+    _check_maps('grid_attention', {'q': q, 'k': k, 'v': v}, num_heads, scale)
     if not q.shape == k.shape == v.shape:
         raise ValueError(f'q, k, v must have the same shape; got {tuple(q.shape)}, '
                          f'{tuple(k.shape)}, {tuple(v.shape)}')
@@ -91,7 +95,7 @@ def global_attention(q, k, v, num_heads, scale=None, backend=None):
     Returns:
         Tensor: (B, C, H, W).
     """
-    _check_maps({'q': q, 'k': k, 'v': v}, num_heads)
+    _check_maps('global_attention', {'q': q, 'k': k, 'v': v}, num_heads, scale)
     if k.shape != v.shape or k.shape[:2] != q.shape[:2]:
         raise ValueError(f'k and v must have the same shape and share (B, C) with q; got q '
                          f'{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}')

@@ -1,4 +1,5 @@
 """2-D (dilated) neighborhood attention (NAT arXiv 2204.07143, DiNAT arXiv 2209.15001) as a functional op."""
+from .._checks import check_attention_tensors, check_scale
 from .._dispatch import resolve_backend
 from .reference import na2d_logits_reference, na2d_reference, neighborhood_indices
 
@@ -33,7 +34,7 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
     Returns:
         Tensor: (B, heads, Hq, Wq, hd), dtype of ``v``.
     """
-    _check_inputs(q, k, v, kernel_size, dilation, rpb)
+    _check_inputs(q, k, v, kernel_size, dilation, rpb, scale)
     if scale is None:
         scale = q.shape[-1]**-0.5
     if rpb is not None and rpb.dtype != q.dtype:
@@ -44,7 +45,12 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
     return na2d_reference(q, k, v, kernel_size, dilation, rpb, scale)
 
 
-def _check_inputs(q, k, v, kernel_size, dilation, rpb):
+def _check_inputs(q, k, v, kernel_size, dilation, rpb, scale):
+    op = 'neighborhood_attention_2d'
+    check_attention_tensors(op, {'q': q, 'k': k, 'v': v})
+    if rpb is not None:  # any floating dtype: cast to q.dtype below (autocast)
+        check_attention_tensors(op, {'q': q, 'rpb': rpb}, same_dtype=False)
+    check_scale(op, scale)
     if (q.dim() != 5 or k.shape != v.shape or k.dim() != 5 or q.shape[:2] != k.shape[:2]
             or q.shape[4] != k.shape[4] or q.shape[2] > k.shape[2] or q.shape[3] > k.shape[3]):
         raise ValueError(f'k and v must be (B, heads, H, W, hd) maps of the same shape and q a '

@@ -98,8 +98,12 @@ def _na2d_fwd_kernel(
                 s += tl.load(RPB + head * stride_rn + (row_bias + ti) * stride_rh
                              + (col_bias + tj) * stride_rw, mask=mask_m, other=0.0).to(ACC_DTYPE)
             m_new = tl.maximum(m_i, s)
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new)
+            # While every logit so far is -inf (an -inf bias, an infinite key), m_i - m_new
+            # would be -inf - -inf = NaN: rescale against 0 instead (alpha = p = 0). Rows that
+            # stay all -inf end with l_i = 0 and output 0/0 = NaN, as the reference softmax.
+            m_ref = tl.where(m_new == float('-inf'), 0.0, m_new)
+            alpha = tl.exp(m_i - m_ref)
+            p = tl.exp(s - m_ref)
             l_i = l_i * alpha + p
             vt = tl.load(v_base + key_row * stride_vh + key_col * stride_vw, mask=mask, other=0.0)
             acc = acc * alpha[:, None] + p[:, None] * vt.to(ACC_DTYPE)
