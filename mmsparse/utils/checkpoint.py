@@ -211,6 +211,15 @@ def install_safe_checkpoint_loading():
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safe, force=True)
 
 
+def check_state_dict_tensors(state_dict, source):
+    """Raise ``TypeError`` naming ``source`` and every key whose value is not a tensor."""
+    bad = [f'{k!r} ({type(v).__name__})' for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        shown = ', '.join(bad[:5]) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '')
+        raise TypeError(f'checkpoint {source} is not a weights file: the values of its state dict '
+                        f'must all be tensors, but {len(bad)} are not: {shown}')
+
+
 def load_state_dict_from_checkpoint(path):
     """Return the model weights stored in a checkpoint.
 
@@ -225,9 +234,21 @@ def load_state_dict_from_checkpoint(path):
 
     Returns:
         OrderedDict[str, Tensor]: Parameter name to tensor.
+
+    Raises:
+        RuntimeError: the file is empty or ends early (truncated download).
+        TypeError: the checkpoint is not a dict, its weights entry is not a dict, or a
+            weight is not a tensor (the message names the file, the key and its type).
     """
-    if osp.isfile(osp.expanduser(path)):
-        checkpoint = safe_load(osp.expanduser(path))
+    local = osp.expanduser(path)
+    if osp.isfile(local):
+        if osp.getsize(local) == 0:
+            raise RuntimeError(f'checkpoint {path} is an empty file (0 bytes); download or save it again')
+        try:
+            checkpoint = safe_load(local)
+        except EOFError as error:
+            raise RuntimeError(f'checkpoint {path} ends early ({osp.getsize(local)} bytes read); '
+                               'it is truncated, download or save it again') from error
     else:
         checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
     if not isinstance(checkpoint, dict):
@@ -235,6 +256,10 @@ def load_state_dict_from_checkpoint(path):
     for key in _STATE_DICT_KEYS:
         if key in checkpoint:
             checkpoint = checkpoint[key]
+            if not isinstance(checkpoint, dict):
+                raise TypeError(f'checkpoint {path}: its {key!r} entry is a {type(checkpoint).__name__}, '
+                                'expected a dict of tensors')
             break
+    check_state_dict_tensors(checkpoint, path)
     return OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
                        for k, v in checkpoint.items())

@@ -68,3 +68,58 @@ def test_missing_local_file_is_named(tmp_path):
     missing = str(tmp_path / 'absent.pth')
     with pytest.raises(FileNotFoundError, match='absent.pth'):
         pretrained.load_pretrained_weights(TwoLayers(), missing)
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model, before):
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+
+
+def test_non_tensor_value_is_refused_before_any_weight_is_copied(tmp_path):
+    state_dict = dict(TwoLayers().state_dict(), **{'head.scale': 0.5})
+    path = saved_weights(tmp_path, state_dict)
+    model = TwoLayers()
+    before = snapshot(model)
+    for strict in (True, False):
+        with pytest.raises(TypeError, match=rf"checkpoint {path} .*'head.scale' \(float\)"):
+            pretrained.load_pretrained_weights(model, path, strict=strict)
+        assert_unchanged(model, before)
+
+
+def test_non_tensor_from_a_conversion_is_refused_before_any_weight_is_copied(tmp_path):
+    path = saved_weights(tmp_path, TwoLayers().state_dict())
+    model = TwoLayers()
+    before = snapshot(model)
+    with pytest.raises(TypeError, match=rf"checkpoint {path} .*'stem.bias' \(str\)"):
+        pretrained.load_pretrained_weights(model, path, convert=lambda sd: dict(sd, **{'stem.bias': 'x'}),
+                                           is_official=lambda sd: True, strict=False)
+    assert_unchanged(model, before)
+
+
+def test_empty_checkpoint_is_refused_by_name(tmp_path):
+    path = tmp_path / 'empty.pth'
+    path.write_bytes(b'')
+    model = TwoLayers()
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match=f'checkpoint {path} is an empty file'):
+        pretrained.load_pretrained_weights(model, str(path))
+    assert_unchanged(model, before)
+
+
+def test_backbone_init_cfg_refuses_non_tensor_checkpoint(tmp_path):
+    from mmsparse.models.backbones import NAT
+    arch = dict(embed_dims=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), mlp_ratio=2.)
+    source = NAT(arch)
+    state_dict = dict(source.state_dict(), **{'stages.0.0.gamma': None})
+    path = saved_weights(tmp_path, state_dict)
+    model = NAT(arch, init_cfg=dict(type='Pretrained', checkpoint=path))
+    before = snapshot(model)
+    with pytest.raises(TypeError, match=rf"checkpoint {path} .*'stages.0.0.gamma' \(NoneType\)"):
+        model.init_weights()
+    assert_unchanged(model, before)

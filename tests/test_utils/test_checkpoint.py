@@ -189,3 +189,35 @@ def test_utils_do_not_import_codebases():
     code = ('import sys, mmsparse.utils, mmsparse.utils.launch; '
             'assert not {"mmdet", "mmseg"} & set(sys.modules), sorted(sys.modules)')
     subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_empty_checkpoint_file_is_named(tmp_path):
+    path = tmp_path / 'empty.pth'
+    path.write_bytes(b'')
+    with pytest.raises(RuntimeError, match=f'checkpoint {path} is an empty file'):
+        load_state_dict_from_checkpoint(str(path))
+
+
+def test_truncated_legacy_checkpoint_is_named(tmp_path):
+    path = tmp_path / 'truncated.pth'
+    torch.save({'state_dict': {'w': torch.zeros(4)}}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(RuntimeError, match=f'checkpoint {path} ends early'):
+        load_state_dict_from_checkpoint(str(path))
+
+
+@pytest.mark.parametrize('key', ['state_dict', None])
+def test_non_tensor_value_is_named_with_key_and_type(tmp_path, key):
+    weights = {'stem.weight': torch.zeros(2), 'stem.scale': 3, 'head.bias': [1.0]}
+    path = tmp_path / 'odd.pth'
+    torch.save(weights if key is None else {key: weights}, path)
+    with pytest.raises(TypeError, match=rf"checkpoint {path} .*2 are not: 'stem.scale' \(int\), "
+                                        r"'head.bias' \(list\)"):
+        load_state_dict_from_checkpoint(str(path))
+
+
+def test_weights_entry_that_is_not_a_dict_is_named(tmp_path):
+    path = tmp_path / 'odd.pth'
+    torch.save({'model': [torch.zeros(1)]}, path)
+    with pytest.raises(TypeError, match=f"checkpoint {path}: its 'model' entry is a list"):
+        load_state_dict_from_checkpoint(str(path))

@@ -1,4 +1,7 @@
 """What every mmsparse backbone shares: presets, output selection, freezing, pretrained loading."""
+from collections.abc import Sequence
+
+import numpy as np
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch import nn
@@ -13,8 +16,11 @@ class SparseBackbone(BaseModule):
     Subclasses set ``arch_zoo`` (preset name -> dict) and ``arch_keys`` (the keys a
     custom ``arch`` dict must have) and, to load official checkpoints, implement
     :meth:`_is_official` and :meth:`_convert_official`. Hierarchical backbones with
-    ``downsample_layers``, ``stages`` and output norms ``norm{i}`` freeze as they
-    are; others override :meth:`_stage_modules` or :meth:`_frozen_modules`.
+    ``downsample_layers`` (the first is the stem), ``stages`` and output norms
+    ``norm{i}`` freeze as they are; others override :meth:`_stem_modules` and
+    :meth:`_stage_modules`. ``frozen_stages`` follows OpenMMLab (mmdet ``ResNet``,
+    ``SwinTransformer``): -1 freezes nothing, 0 the stem only, ``k >= 1`` the stem
+    and stages ``0..k-1``. ``out_indices`` is checked by :meth:`_parse_out_indices`.
     """
 
     arch_zoo = {}
@@ -57,20 +63,63 @@ class SparseBackbone(BaseModule):
 
     @staticmethod
     def _parse_out_indices(out_indices, num_outputs):
-        """Normalise negative indices and check every index is in ``[0, num_outputs)``."""
-        if isinstance(out_indices, int):
+        """Check ``out_indices`` and return it as a tuple of indices in ``[0, num_outputs)``.
+
+        The one check every backbone uses. An int or a sequence of ints (not bools,
+        not floats), each in ``[-num_outputs, num_outputs - 1]``; negative indices
+        count from the end, as in mmpretrain, and are normalised. Duplicates (also
+        after normalisation, e.g. ``(3, -1)`` of 4) are refused.
+
+        Raises:
+            TypeError: ``out_indices`` is not an int or a sequence of ints.
+            ValueError: an index is out of range, or an index repeats.
+        """
+        low, high = -num_outputs, num_outputs - 1
+        allowed = f'ints in [{low}, {high}] (negative ones count from the end), no repeats'
+
+        def is_int(i):
+            return isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))
+
+        given = out_indices
+        if is_int(out_indices):
             out_indices = (out_indices, )
-        out_indices = tuple(i + num_outputs if -num_outputs <= i < 0 else i for i in out_indices)
+        elif isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence):
+            raise TypeError(f'out_indices={given!r} must be an int or a sequence of {allowed}; '
+                            f'got a {type(given).__name__}')
         for i in out_indices:
-            if not 0 <= i < num_outputs:
-                raise ValueError(f'out_indices={out_indices} must be in [0, {num_outputs - 1}]')
-        return out_indices
+            if not is_int(i):
+                raise TypeError(f'out_indices={given!r} must hold {allowed}; {i!r} is a '
+                                f'{type(i).__name__}')
+        for i in out_indices:
+            if not low <= i <= high:
+                raise ValueError(f'out_indices={given!r} must hold {allowed}; {i} is out of range '
+                                 f'for {num_outputs} outputs')
+        normalised = tuple(int(i) % num_outputs for i in out_indices)
+        repeated = sorted({i for i in normalised if normalised.count(i) > 1})
+        if repeated:
+            raise ValueError(f'out_indices={given!r} must hold {allowed}; output '
+                             f'{", ".join(map(str, repeated))} is selected more than once')
+        if not normalised:
+            raise ValueError(f'out_indices={given!r} must select at least one output: {allowed}')
+        return normalised
 
     @staticmethod
-    def _check_frozen_stages(frozen_stages, largest):
+    def _check_frozen_stages(frozen_stages, last_stage):
+        """Check ``frozen_stages`` against the index ``last_stage`` of the last stage.
+
+        OpenMMLab's convention (mmdet ``ResNet``/``SwinTransformer``): -1 freezes
+        nothing, 0 the stem only, ``k >= 1`` the stem and stages ``0..k-1``; so the
+        allowed range is ``[-1, last_stage + 1]`` (``last_stage + 1`` freezes all).
+        """
+        largest = last_stage + 1
+        allowed = (f'an int in [-1, {largest}]: -1 freezes nothing, 0 the stem, k >= 1 the stem '
+                   'and stages 0..k-1')
+        if not isinstance(frozen_stages, (int, np.integer)) or isinstance(frozen_stages, (bool, np.bool_)):
+            raise TypeError(f'frozen_stages={frozen_stages!r} must be {allowed}; got a '
+                            f'{type(frozen_stages).__name__}')
         if not -1 <= frozen_stages <= largest:
-            raise ValueError(f'frozen_stages={frozen_stages} must be in [-1, {largest}]')
-        return frozen_stages
+            raise ValueError(f'frozen_stages={frozen_stages!r} must be {allowed}')
+        return int(frozen_stages)
 
     @staticmethod
     def _init_layer(m):
@@ -114,16 +163,23 @@ class SparseBackbone(BaseModule):
             tolerated_keys=self.tolerated_checkpoint_keys)
         self._is_init = True
 
+    def _stem_modules(self):
+        """The stem, which ``frozen_stages=0`` freezes: the first downsampling layer."""
+        return [self.downsample_layers[0]]
+
     def _stage_modules(self, i):
-        """Stage ``i``: its downsampling layer, its blocks and its output norm, if any."""
-        modules = [self.downsample_layers[i], self.stages[i]]
+        """Stage ``i`` without the stem: its downsampling layer (``i >= 1``), blocks and output norm."""
+        modules = [self.downsample_layers[i]] if i > 0 else []
+        modules.append(self.stages[i])
         if hasattr(self, f'norm{i}'):
             modules.append(getattr(self, f'norm{i}'))
         return modules
 
     def _frozen_modules(self):
-        """The modules that ``frozen_stages`` freezes: stages ``0..frozen_stages``."""
-        return [m for i in range(self.frozen_stages + 1) for m in self._stage_modules(i)]
+        """What ``frozen_stages`` freezes: nothing for -1, else the stem and stages ``0..frozen_stages-1``."""
+        if self.frozen_stages < 0:
+            return []
+        return self._stem_modules() + [m for i in range(self.frozen_stages) for m in self._stage_modules(i)]
 
     def _freeze_stages(self):
         for module in self._frozen_modules():

@@ -88,8 +88,10 @@ class BiFormer(SparseBackbone):
             Defaults to True.
         out_indices (Sequence[int]): stages whose maps are returned.
             Defaults to ``(0, 1, 2, 3)``.
-        frozen_stages (int): stages ``0..frozen_stages`` (downsampling + blocks)
-            are frozen; -1 freezes nothing. Defaults to -1.
+        frozen_stages (int): as in mmdet's ResNet and SwinTransformer: -1 freezes
+            nothing, 0 the stem (``downsample_layers[0]``) only, ``k >= 1`` the stem and
+            stages ``0..k-1`` (their downsampling layer, blocks and output norm); 4
+            freezes everything. Defaults to -1.
         norm_eval (bool): keep BatchNorm layers in eval mode while training.
             Defaults to False.
         norm_cfg (dict): norm of the stem and downsampling convs.

@@ -79,8 +79,10 @@ class FibottentionViT(SparseBackbone):
         out_scales (Sequence[float]): resampling per output, each in
             ``(4, 2, 1, 0.5)``; same length as ``out_indices``.
         final_norm (bool): apply the final LayerNorm (``norm``) after the last block.
-        frozen_stages (int): -1 freezes nothing; ``k >= 0`` freezes the patch
-            embedding, CLS token and position embedding plus blocks ``0..k-1``.
+        frozen_stages (int): as in mmdet's ResNet and SwinTransformer, with the
+            blocks as stages: -1 freezes nothing, 0 the stem (patch embedding, CLS
+            token and position embedding) only, ``k >= 1`` the stem and blocks
+            ``0..k-1``; ``num_layers`` freezes everything.
         norm_eval (bool): keep BatchNorm layers (if any) in eval mode in training.
         with_cp (bool): activation checkpointing per block.
         drop_path_rate (float): stochastic depth, linear over blocks.
@@ -137,7 +139,7 @@ class FibottentionViT(SparseBackbone):
         if len(out_scales) != len(self.out_indices):
             raise ValueError(f'out_scales={out_scales} must have one entry per out_indices='
                              f'{self.out_indices}')
-        self.frozen_stages = self._check_frozen_stages(frozen_stages, depth)
+        self.frozen_stages = self._check_frozen_stages(frozen_stages, depth - 1)
         self.norm_eval = norm_eval
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.pos_grid = (img_size[0] // patch_size, img_size[1] // patch_size)
@@ -173,10 +175,11 @@ class FibottentionViT(SparseBackbone):
     def _convert_official(self, state_dict):
         return vit_official_to_mmsparse(state_dict, pos_grid=self.pos_grid)
 
-    def _frozen_modules(self):
-        if self.frozen_stages < 0:
-            return []
-        return [self.patch_embed, *self.blocks[:self.frozen_stages]]
+    def _stem_modules(self):
+        return [self.patch_embed]
+
+    def _stage_modules(self, i):
+        return [self.blocks[i]]
 
     def _freeze_stages(self):
         super()._freeze_stages()

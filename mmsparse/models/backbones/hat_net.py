@@ -104,8 +104,10 @@ class HATNet(SparseBackbone):
         out_norms (bool): add a LayerNorm2d per returned map. The official model
             has none (the outputs are the stage residual streams, as PVT's), so
             the default is False; ImageNet checkpoints leave them at their init.
-        frozen_stages (int): stages ``0..frozen_stages`` (stem or downsampling, the
-            blocks and output norm) are frozen; -1 freezes nothing.
+        frozen_stages (int): as in mmdet's ResNet and SwinTransformer: -1 freezes
+            nothing, 0 the stem (``patch_embed``) only, ``k >= 1`` the stem and
+            stages ``0..k-1`` (their downsampling ``ds{i+1}``, blocks and output
+            norm); 4 freezes everything.
         norm_eval (bool): keep BatchNorm layers in eval mode while training. Kept
             for interface parity: HAT-Net uses GroupNorm only, which has no running
             statistics, so it changes nothing here.
@@ -200,8 +202,12 @@ class HATNet(SparseBackbone):
         """The layer that starts stage ``i``: the stem (stride 4) or a downsampling (stride 2)."""
         return self.patch_embed if i == 0 else getattr(self, f'ds{i + 1}')
 
+    def _stem_modules(self):
+        return [self.patch_embed]
+
     def _stage_modules(self, i):
-        modules = [self._entry(i), self.blocks[i]]
+        modules = [self._entry(i)] if i > 0 else []
+        modules.append(self.blocks[i])
         if self.out_norms and i in self.out_indices:
             modules.append(getattr(self, f'norm{i}'))
         return modules

@@ -94,8 +94,10 @@ class NAT(SparseBackbone):
         layer_scale (float, optional): init value of the per-channel residual
             scales ``gamma1/gamma2``; None (default) means none (NAT-M/T, DiNAT-M/T/S/L).
         out_indices (Sequence[int]): stages whose maps are returned.
-        frozen_stages (int): stages ``0..frozen_stages`` (their downsampling layer,
-            blocks and output norm) are frozen; -1 freezes nothing.
+        frozen_stages (int): as in mmdet's ResNet and SwinTransformer: -1 freezes
+            nothing, 0 the stem (``downsample_layers[0]``) only, ``k >= 1`` the stem
+            and stages ``0..k-1`` (their downsampling layer, blocks and output
+            norm); 4 freezes everything.
         norm_eval (bool): keep BatchNorm layers in eval mode while training (NAT
             itself has only LayerNorms; kept for a uniform backbone interface).
         with_cp (bool): activation checkpointing per block.

@@ -5,6 +5,7 @@ import re
 from mmengine.logging import print_log
 
 from mmsparse.utils import load_state_dict_from_checkpoint
+from mmsparse.utils.checkpoint import check_state_dict_tensors
 
 
 def load_pretrained_weights(model, checkpoint, convert=None, is_official=None, check=None,
@@ -34,6 +35,9 @@ def load_pretrained_weights(model, checkpoint, convert=None, is_official=None, c
             weight is copied (nothing is half-loaded); and whatever ``strict`` says,
             when not a single tensor of the checkpoint fits the model.
         FileNotFoundError: if a local ``checkpoint`` is not a file.
+        TypeError: a value of the checkpoint's state dict is not a tensor (names the
+            file, the key and its type), before any weight is copied.
+        RuntimeError: the checkpoint file is empty or truncated (names the file).
     """
     if '://' not in checkpoint and not osp.isfile(osp.expanduser(checkpoint)):
         raise FileNotFoundError(
@@ -49,6 +53,9 @@ def load_pretrained_weights(model, checkpoint, convert=None, is_official=None, c
             raise RuntimeError(f'checkpoint {checkpoint} has no key under prefix={prefix!r}')
     if convert is not None and is_official is not None and is_official(state_dict):
         state_dict = convert(state_dict)
+    # Anything that is not a tensor (from the file or a conversion) is refused here,
+    # before any shape is compared or any weight copied.
+    check_state_dict_tensors(state_dict, checkpoint)
     if check is not None:
         check(state_dict)
 

@@ -8,7 +8,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsparse.models.attentions import BiLevelRoutingAttention, GlobalAttentionLePE
 from mmsparse.models.backbones import BiFormer
-from .utils import assert_checkpointing_keeps_gradients
+from .utils import BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_frozen_stages
 
 TINY_ARCH = dict(depths=(1, 1, 2, 1), embed_dims=(16, 32, 64, 128), head_dim=8)
 # A BiFormer small enough for any test: BRA with n_win=2 in stages 1-3, global attention in stage 4.
@@ -127,14 +127,25 @@ def test_out_indices_select_maps_and_norms():
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_frozen_stages():
-    model = BiFormer(TINY_ARCH, n_win=2, topks=(1, 2, 4, -1), frozen_stages=1)
-    model.train()
-    for i in range(4):
-        frozen = i <= 1
-        for module in (model.downsample_layers[i], model.stages[i], getattr(model, f'norm{i}')):
-            assert all(p.requires_grad != frozen for p in module.parameters())
-            assert all(m.training != frozen for m in module.modules())
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 4])
+def test_frozen_stages(frozen_stages):
+    """mmdet's convention: 0 freezes the stem only, k the stem and stages 0..k-1."""
+    model = BiFormer(**TINY_KWARGS, frozen_stages=frozen_stages)
+    stages = [([model.downsample_layers[i]] if i else []) + [model.stages[i], getattr(model, f'norm{i}')]
+              for i in range(4)]
+    assert_frozen_stages(model, [model.downsample_layers[0]], stages, frozen_stages)
+
+
+@pytest.mark.parametrize('out_indices,error,match', BAD_OUT_INDICES)
+def test_bad_out_indices_are_named(out_indices, error, match):
+    with pytest.raises(error, match=match):
+        BiFormer(**TINY_KWARGS, out_indices=out_indices)
+
+
+def test_negative_out_indices_count_from_the_end():
+    model = BiFormer(**TINY_KWARGS, out_indices=(-1, )).eval()
+    assert model.out_indices == (3, )
+    assert [o.shape[1] for o in model(torch.randn(1, 3, 32, 32))] == [128]
 
 
 def test_norm_eval_keeps_batchnorm_statistics():
@@ -166,7 +177,7 @@ def test_drop_path_rate_is_linear_over_blocks():
     (dict(arch=dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128))), 'head_dim'),
     (dict(arch=dict(depths=(1, 1, 1), embed_dims=(16, 32, 64, 128), head_dim=8)), 'depths'),
     (dict(arch=TINY_ARCH, out_indices=(4, )), 'out_indices'),
-    (dict(arch=TINY_ARCH, frozen_stages=4), 'frozen_stages=4'),
+    (dict(arch=TINY_ARCH, frozen_stages=5), r'frozen_stages=5 must be an int in \[-1, 4\]'),
     (dict(arch=TINY_ARCH, topks=(1, 4, 16)), 'topks'),
     (dict(arch=TINY_ARCH, topks=(1, 4, 16, -2)), 'topk=-2'),
     (dict(arch=TINY_ARCH, n_win=3, topks=(1, 4, 16, -1)), 'topk=16'),

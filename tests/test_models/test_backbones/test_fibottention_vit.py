@@ -14,6 +14,7 @@ from mmsparse.models.backbones import FibottentionViT  # noqa: E402
 from mmsparse.models.utils import vit_official_to_mmsparse  # noqa: E402
 from mmsparse.ops._dispatch import triton_available  # noqa: E402
 from mmsparse.ops.fibottention import fibottention_mask  # noqa: E402
+from .utils import BAD_OUT_INDICES, assert_frozen_stages  # noqa: E402
 
 TINY_ARCH = dict(embed_dims=32, num_layers=4, num_heads=2, mlp_ratio=2)
 
@@ -127,8 +128,8 @@ def test_attention_switch_changes_only_attention():
 
 
 def test_out_indices_and_scales():
-    model = FibottentionViT(TINY_ARCH, out_indices=(3, 1, -3), out_scales=(0.5, 1, 2)).eval()
-    assert model.out_indices == (3, 1, 1)
+    model = FibottentionViT(TINY_ARCH, out_indices=(3, 1, -4), out_scales=(0.5, 1, 2)).eval()
+    assert model.out_indices == (3, 1, 0)
     outs = model(torch.randn(1, 3, 64, 64))
     assert [o.shape[-1] for o in outs] == [2, 4, 8]
     assert FibottentionViT(dict(TINY_ARCH, num_layers=12)).out_indices == (2, 5, 8, 11)
@@ -148,15 +149,19 @@ def test_with_cp_matches():
     torch.testing.assert_close(model.blocks[0].attn.qkv.weight.grad, model_cp.blocks[0].attn.qkv.weight.grad)
 
 
-def test_frozen_stages():
-    model = FibottentionViT(TINY_ARCH, frozen_stages=2, drop_path_rate=0.1)
-    model.train()
-    frozen = [model.patch_embed, model.blocks[0], model.blocks[1]]
-    for module in frozen:
-        assert not module.training
-        assert not any(p.requires_grad for p in module.parameters())
-    assert not model.cls_token.requires_grad and not model.pos_embed.requires_grad
-    assert model.blocks[2].training and all(p.requires_grad for p in model.blocks[2].parameters())
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 2, 4])
+def test_frozen_stages(frozen_stages):
+    """mmdet's convention, blocks as stages: 0 freezes the stem only, k the stem and blocks 0..k-1."""
+    model = FibottentionViT(TINY_ARCH, frozen_stages=frozen_stages, drop_path_rate=0.1)
+    assert_frozen_stages(model, [model.patch_embed], [[b] for b in model.blocks], frozen_stages)
+    stem_frozen = frozen_stages >= 0
+    assert model.cls_token.requires_grad != stem_frozen and model.pos_embed.requires_grad != stem_frozen
+
+
+@pytest.mark.parametrize('out_indices,error,match', BAD_OUT_INDICES)
+def test_bad_out_indices_are_named(out_indices, error, match):
+    with pytest.raises(error, match=match):
+        FibottentionViT(TINY_ARCH, out_indices=out_indices, out_scales=(1, ) * 2)
 
 
 @pytest.mark.parametrize('kwargs, error, match', [
@@ -165,7 +170,8 @@ def test_frozen_stages():
     (dict(arch=TINY_ARCH, out_indices=(4, )), ValueError, 'out_indices'),
     (dict(arch=TINY_ARCH, out_indices=(1, 3)), ValueError, 'out_scales'),
     (dict(arch=TINY_ARCH, out_indices=(3, ), out_scales=(8, )), ValueError, 'scale=8'),
-    (dict(arch=TINY_ARCH, frozen_stages=5), ValueError, 'frozen_stages=5'),
+    (dict(arch=TINY_ARCH, frozen_stages=5), ValueError, r'frozen_stages=5 must be an int in \[-1, 4\]'),
+    (dict(arch=TINY_ARCH, frozen_stages=1.0), TypeError, r'frozen_stages=1\.0 must be an int'),
     (dict(arch=TINY_ARCH, attention='flash'), ValueError, "attention='flash'"),
     (dict(arch=TINY_ARCH, attn_mode='zero'), ValueError, "mode='zero'"),
     (dict(arch=TINY_ARCH, shuffle='random'), ValueError, "shuffle='random'"),

@@ -10,7 +10,7 @@ import torch
 
 from mmsparse.models.backbones import HATNet
 from mmsparse.models.utils import hatnet_official_to_mmsparse
-from .utils import assert_checkpointing_keeps_gradients
+from .utils import BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_frozen_stages
 
 ARCH_KEYS = ('dims', 'head_dim', 'depths', 'expansions', 'grid_sizes', 'ds_ratios', 'kernel_sizes')
 SMALL_ARCH = dict(dims=(16, 32, 48, 64), head_dim=8, depths=(1, 1, 1, 1), expansions=(2, 2, 2, 2),
@@ -103,15 +103,25 @@ def test_out_indices_and_out_norms():
     assert not any(n.startswith('norm') for n, _ in HATNet(SMALL_ARCH).named_parameters())
 
 
-def test_frozen_stages():
-    model = HATNet(SMALL_ARCH, frozen_stages=1, out_norms=True)
-    model.train()
-    entries = [model.patch_embed, model.ds2, model.ds3, model.ds4]
-    for i in range(4):
-        frozen = i <= 1
-        for module in (entries[i], model.blocks[i], getattr(model, f'norm{i}')):
-            assert all(p.requires_grad != frozen for p in module.parameters())
-            assert all(m.training != frozen for m in module.modules())
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 4])
+def test_frozen_stages(frozen_stages):
+    """mmdet's convention: 0 freezes the stem (patch_embed) only, k the stem and stages 0..k-1."""
+    model = HATNet(SMALL_ARCH, frozen_stages=frozen_stages, out_norms=True)
+    entries = [None, model.ds2, model.ds3, model.ds4]
+    stages = [([entries[i]] if i else []) + [model.blocks[i], getattr(model, f'norm{i}')] for i in range(4)]
+    assert_frozen_stages(model, [model.patch_embed], stages, frozen_stages)
+
+
+@pytest.mark.parametrize('out_indices,error,match', BAD_OUT_INDICES)
+def test_bad_out_indices_are_named(out_indices, error, match):
+    with pytest.raises(error, match=match):
+        HATNet(SMALL_ARCH, out_indices=out_indices)
+
+
+def test_negative_out_indices_count_from_the_end():
+    model = HATNet(SMALL_ARCH, out_indices=(-1, )).eval()
+    assert model.out_indices == (3, )
+    assert [o.shape[1] for o in model(torch.randn(1, 3, 32, 32))] == [64]
 
 
 def test_norm_eval_is_accepted_and_model_has_no_batchnorm():
@@ -140,7 +150,7 @@ def test_drop_path_rate_is_linear_over_blocks():
     (dict(arch=dict(SMALL_ARCH, depths=(1, 1, 1))), 'depths'),
     (dict(arch=dict(SMALL_ARCH, head_dim=12)), 'head_dim'),
     (dict(arch=SMALL_ARCH, out_indices=(4, )), 'out_indices'),
-    (dict(arch=SMALL_ARCH, frozen_stages=4), 'frozen_stages=4'),
+    (dict(arch=SMALL_ARCH, frozen_stages=5), r'frozen_stages=5 must be an int in \[-1, 4\]'),
 ])
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -6,7 +6,7 @@ import torch
 
 from mmsparse.models.backbones import NAT
 from mmsparse.models.utils import nat_official_to_mmsparse
-from .utils import assert_checkpointing_keeps_gradients
+from .utils import BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_frozen_stages
 
 TINY_ARCH = dict(embed_dims=16, depths=(1, 2, 2, 1), num_heads=(1, 2, 4, 8), mlp_ratio=2.)
 TINY_DILATIONS = [[4], [1, 2], [1, 3], [1]]
@@ -125,14 +125,25 @@ def test_layer_scale_and_dilations_reach_the_blocks():
     assert NAT(TINY_ARCH).stages[0][0].gamma1 is None
 
 
-def test_frozen_stages():
-    model = NAT(TINY_ARCH, frozen_stages=1)
-    model.train()
-    for i in range(4):
-        frozen = i <= 1
-        for module in (model.downsample_layers[i], model.stages[i], getattr(model, f'norm{i}')):
-            assert all(p.requires_grad != frozen for p in module.parameters())
-            assert all(m.training != frozen for m in module.modules())
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 4])
+def test_frozen_stages(frozen_stages):
+    """mmdet's convention: 0 freezes the stem only, k the stem and stages 0..k-1."""
+    model = NAT(TINY_ARCH, frozen_stages=frozen_stages)
+    stages = [([model.downsample_layers[i]] if i else []) + [model.stages[i], getattr(model, f'norm{i}')]
+              for i in range(4)]
+    assert_frozen_stages(model, [model.downsample_layers[0]], stages, frozen_stages)
+
+
+@pytest.mark.parametrize('out_indices,error,match', BAD_OUT_INDICES)
+def test_bad_out_indices_are_named(out_indices, error, match):
+    with pytest.raises(error, match=match):
+        NAT(TINY_ARCH, out_indices=out_indices)
+
+
+def test_negative_out_indices_count_from_the_end():
+    model = NAT(TINY_ARCH, out_indices=(-1, 0)).eval()
+    assert model.out_indices == (3, 0)
+    assert [o.shape[1] for o in model(torch.randn(1, 3, 32, 32))] == [16, 128]
 
 
 def test_train_returns_self_and_norm_eval_is_accepted():
@@ -166,7 +177,8 @@ def test_drop_path_rate_is_linear_over_blocks():
     (dict(arch=TINY_ARCH, dilations=[[1], [1, 2], [1, 2.5], [1]]), r'dilations\[2\]\[1\]=2.5'),
     (dict(arch=TINY_ARCH, drop_path_rate=1.0), 'drop_path_rate=1.0'),
     (dict(arch=TINY_ARCH, out_indices=(4, )), 'out_indices'),
-    (dict(arch=TINY_ARCH, frozen_stages=4), 'frozen_stages=4'),
+    (dict(arch=TINY_ARCH, frozen_stages=5), r'frozen_stages=5 must be an int in \[-1, 4\]'),
+    (dict(arch=TINY_ARCH, frozen_stages=-2), r'frozen_stages=-2 must be an int in \[-1, 4\]'),
 ])
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):

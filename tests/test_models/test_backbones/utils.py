@@ -9,3 +9,31 @@ def assert_checkpointing_keeps_gradients(plain, checkpointed, x):
         sum(o.square().sum() for o in model(x)).backward()
     for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+# out_indices every 4-output backbone must refuse: (value, error, message).
+BAD_OUT_INDICES = [
+    ((1.5, ), TypeError, r'out_indices=\(1\.5,\) must hold ints in \[-4, 3\].*1\.5 is a float'),
+    (('a', ), TypeError, r"out_indices=\('a',\) must hold ints in \[-4, 3\].*'a' is a str"),
+    ((9, ), ValueError, r'out_indices=\(9,\) must hold ints in \[-4, 3\].*9 is out of range'),
+    ((True, ), TypeError, r'out_indices=\(True,\) must hold ints in \[-4, 3\].*True is a bool'),
+    ((3, -1), ValueError, r'out_indices=\(3, -1\) must hold ints in \[-4, 3\].*3 is selected more than once'),
+    ('0', TypeError, r"out_indices='0' must be an int or a sequence of ints in \[-4, 3\]"),
+]
+
+
+def assert_frozen_stages(model, stem, stages, frozen_stages):
+    """After ``train()``, ``stem`` and the first ``frozen_stages`` of ``stages`` are frozen, the rest not.
+
+    ``stem`` is a list of modules, ``stages`` a list (one per stage) of lists of modules.
+    Frozen means no parameter requires grad and every submodule stays in eval mode.
+    """
+    model.train()
+    groups = [stem] + list(stages)
+    num_frozen = 0 if frozen_stages < 0 else frozen_stages + 1
+    for j, group in enumerate(groups):
+        frozen = j < num_frozen
+        label = 'stem' if j == 0 else f'stage {j - 1}'
+        for module in group:
+            assert all(p.requires_grad != frozen for p in module.parameters()), (label, frozen_stages)
+            assert all(m.training != frozen for m in module.modules()), (label, frozen_stages)
