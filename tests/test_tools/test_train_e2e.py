@@ -25,7 +25,7 @@ from ..utils import run_command, write_shrunk_config
 
 ENTRY_CONFIG = 'configs/biformer/upernet_ade20k.py'
 # The README's quick start: the entry config on the synthetic data, shrunk for a CPU.
-QUICK_START_CONFIG = 'configs/quick_start/upernet_biformer-t_1xb4-200it_synthetic-ade20k-96x96.py'
+QUICK_START_CONFIG = 'configs/biformer/upernet_biformer-t_1xb4-200it_synthetic-ade20k-96x96.py'
 # Only to keep the test process count down; the README command uses the config's workers.
 CPU_OPTIONS = [f'{split}_dataloader.{key}' for split in ('train', 'val', 'test')
                for key in ('num_workers=0', 'persistent_workers=False')]

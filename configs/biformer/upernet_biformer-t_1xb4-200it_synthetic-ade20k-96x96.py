@@ -2,8 +2,8 @@
 # synthetic shapes data of tools/misc/generate_synthetic_data.py (--out data), with its
 # own 7 classes, BiFormer-T from scratch, 96x96 crops and a 200-iteration schedule.
 #   python tools/misc/generate_synthetic_data.py --out data
-#   python tools/train.py configs/quick_start/upernet_biformer-t_1xb4-200it_synthetic-ade20k-96x96.py
-_base_ = ['../biformer/upernet_ade20k.py']
+#   python tools/train.py configs/biformer/upernet_biformer-t_1xb4-200it_synthetic-ade20k-96x96.py
+_base_ = ['./upernet_ade20k.py']
 
 data_root = 'data/ade/ADEChallengeData2016'
 dataset_type = 'mmsparse.SyntheticADE20KDataset'
