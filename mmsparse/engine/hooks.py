@@ -69,13 +69,27 @@ class RNGStateHook(Hook):
     ``tools/train.py`` adds this hook to every run.
     """
 
-    priority = 'VERY_LOW'
+    # Before CheckpointHook (VERY_LOW) in the same after_train_iter / after_train_epoch
+    # call: MMEngine saves on rank 0 only, so every rank's states are gathered here,
+    # where all ranks take part, and nothing draws a random number between the two.
+    priority = 'LOW'
 
     def __init__(self):
         self._pending = None
+        self._latest = None
+
+    def _capture(self):
+        state = get_rng_state()
+        self._latest = all_gather_object(state) if get_world_size() > 1 else [state]
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self._capture()
+
+    def after_train_epoch(self, runner):
+        self._capture()
 
     def before_save_checkpoint(self, runner, checkpoint):
-        ranks = all_gather_object(get_rng_state()) if get_world_size() > 1 else [get_rng_state()]
+        ranks = self._latest if self._latest is not None else [get_rng_state()]
         # meta['iter'] is what a resumed IterBasedTrainLoop replays (runner.iter lags by
         # one inside after_train_iter); epoch-based loops start a fresh epoch instead.
         iter_based = isinstance(runner.train_loop, IterBasedTrainLoop)
