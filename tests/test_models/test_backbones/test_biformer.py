@@ -8,7 +8,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsparse.models.attentions import BiLevelRoutingAttention, GlobalAttentionLePE
 from mmsparse.models.backbones import BiFormer
-from .utils import BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_frozen_stages
+from .utils import (BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_frozen_stages,
+                    downsampling_stem_and_stages)
 
 TINY_ARCH = dict(depths=(1, 1, 2, 1), embed_dims=(16, 32, 64, 128), head_dim=8)
 # A BiFormer small enough for any test: BRA with n_win=2 in stages 1-3, global attention in stage 4.
@@ -131,9 +132,7 @@ def test_out_indices_select_maps_and_norms():
 def test_frozen_stages(frozen_stages):
     """mmdet's convention: 0 freezes the stem only, k the stem and stages 0..k-1."""
     model = BiFormer(**TINY_KWARGS, frozen_stages=frozen_stages)
-    stages = [([model.downsample_layers[i]] if i else []) + [model.stages[i], getattr(model, f'norm{i}')]
-              for i in range(4)]
-    assert_frozen_stages(model, [model.downsample_layers[0]], stages, frozen_stages)
+    assert_frozen_stages(model, *downsampling_stem_and_stages(model), frozen_stages)
 
 
 @pytest.mark.parametrize('out_indices,error,match', BAD_OUT_INDICES)

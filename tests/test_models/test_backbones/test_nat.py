@@ -6,7 +6,8 @@ import torch
 
 from mmsparse.models.backbones import NAT
 from mmsparse.models.utils import nat_official_to_mmsparse
-from .utils import BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_frozen_stages
+from .utils import (BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_frozen_stages,
+                    downsampling_stem_and_stages)
 
 TINY_ARCH = dict(embed_dims=16, depths=(1, 2, 2, 1), num_heads=(1, 2, 4, 8), mlp_ratio=2.)
 TINY_DILATIONS = [[4], [1, 2], [1, 3], [1]]
@@ -129,9 +130,7 @@ def test_layer_scale_and_dilations_reach_the_blocks():
 def test_frozen_stages(frozen_stages):
     """mmdet's convention: 0 freezes the stem only, k the stem and stages 0..k-1."""
     model = NAT(TINY_ARCH, frozen_stages=frozen_stages)
-    stages = [([model.downsample_layers[i]] if i else []) + [model.stages[i], getattr(model, f'norm{i}')]
-              for i in range(4)]
-    assert_frozen_stages(model, [model.downsample_layers[0]], stages, frozen_stages)
+    assert_frozen_stages(model, *downsampling_stem_and_stages(model), frozen_stages)
 
 
 @pytest.mark.parametrize('out_indices,error,match', BAD_OUT_INDICES)

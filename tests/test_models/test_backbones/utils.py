@@ -37,3 +37,14 @@ def assert_frozen_stages(model, stem, stages, frozen_stages):
         for module in group:
             assert all(p.requires_grad != frozen for p in module.parameters()), (label, frozen_stages)
             assert all(m.training != frozen for m in module.modules()), (label, frozen_stages)
+
+
+def downsampling_stem_and_stages(model):
+    """The expected freezing units of a backbone built on ``downsample_layers``.
+
+    The stem is ``downsample_layers[0]``; stage ``i`` is its downsampling layer (none for
+    stage 0, whose is the stem), its blocks and its output norm ``norm{i}``.
+    """
+    stages = [([model.downsample_layers[i]] if i else []) + [model.stages[i], getattr(model, f'norm{i}')]
+              for i in range(len(model.stages))]
+    return [model.downsample_layers[0]], stages
