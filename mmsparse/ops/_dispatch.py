@@ -36,6 +36,16 @@ def resolve_backend(backend, *tensors, needs_triton=True):
     return backend
 
 
+def inline_reference():
+    """True while the op should run its reference as plain aten ops instead of its custom op.
+
+    Every public op is a ``torch.library`` custom op (``mmsparse::<op>``), which
+    ``torch.compile`` and the FLOP counter see as one node. ONNX has no such op, so while
+    ``torch.onnx.export`` traces a model the public functions call their reference directly.
+    """
+    return torch.onnx.is_in_onnx_export()
+
+
 def triton_available():
     try:
         import triton  # noqa: F401
@@ -63,4 +73,4 @@ def check_triton_device(name, *tensors):
                                f'{t.device}); use backend=\'torch\' or set TRITON_INTERPRET=1')
 
 
-__all__ = ['resolve_backend', 'triton_available', 'interpreting', 'check_triton_device', 'BACKENDS']
+__all__ = ['resolve_backend', 'inline_reference', 'triton_available', 'interpreting', 'check_triton_device', 'BACKENDS']
