@@ -36,6 +36,19 @@ def resolve_backend(backend, *tensors, needs_triton=True):
     return backend
 
 
+# Crossovers of the pure-PyTorch path, measured on CPU (docs/benchmarks.md). An op with
+# two exact torch algorithms computes the dense masked attention (SDPA or matmul over all
+# pairs, masked to the op's support) below ``DENSE_BELOW_TOKENS[op]`` key tokens, and the
+# gather algorithm, whose work grows with the kept entries only, from there on.
+DENSE_BELOW_TOKENS = {}
+TORCH_ALGORITHMS = ('dense', 'sparse')
+
+
+def torch_algorithm(op, n_tokens):
+    """``'dense'`` or ``'sparse'``: the torch algorithm of ``op`` for ``n_tokens`` key tokens."""
+    return 'dense' if n_tokens < DENSE_BELOW_TOKENS.get(op, 0) else 'sparse'
+
+
 def inline_reference():
     """True while the op should run its reference as plain aten ops instead of its custom op.
 
@@ -73,4 +86,4 @@ def check_triton_device(name, *tensors):
                                f'{t.device}); use backend=\'torch\' or set TRITON_INTERPRET=1')
 
 
-__all__ = ['resolve_backend', 'inline_reference', 'triton_available', 'interpreting', 'check_triton_device', 'BACKENDS']
+__all__ = ['resolve_backend', 'inline_reference', 'torch_algorithm', 'DENSE_BELOW_TOKENS', 'triton_available', 'interpreting', 'check_triton_device', 'BACKENDS']
