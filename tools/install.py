@@ -10,8 +10,14 @@ before mmdet/mmseg (so pip never swaps it for mmcv-lite). Every pip call runs
 under one constraints file that holds ``setuptools<82`` (mmengine's ``mmdet::``
 and ``mmseg::`` config inheritance imports ``pkg_resources``, which setuptools 82
 removed; torch alone would pull the newest setuptools), later also the installed
-torch and mmcv. The run ends by checking the result in a fresh interpreter and
-exits non-zero, naming the cause, if any check fails.
+torch and mmcv. Besides the runtime requirements it installs the test ones and the
+``onnx`` extra (requirements/onnx.txt), which the test suite needs. mmsparse goes in
+editable, with ``mmsparse/.mim`` linking the model index, configs and tools (setup.py's
+``add_mim_extension``); since mim looks for that folder next to the package's
+``*.dist-info`` in site-packages, which a PEP 660 editable install leaves empty, a link
+``site-packages/mmsparse -> <checkout>/mmsparse`` is added there, so that
+``mim search mmsparse`` lists the model zoo. The run ends by checking the result in a
+fresh interpreter and exits non-zero, naming the cause, if any check fails.
 """
 import argparse
 import glob
@@ -20,6 +26,7 @@ import os
 import os.path as osp
 import subprocess
 import sys
+import tempfile
 
 SUPPORTED_PYTHON = ((3, 10), (3, 12))
 MIN_TORCH = (2, 1)
@@ -46,7 +53,13 @@ FINAL_CHECKS = (
      "get_config('mmdet::_base_/models/retinanet_r50_fpn.py')"),
     ('mmsparse with mmdet and mmseg', 'import mmsparse.models, mmdet, mmseg'),
     ('mim', 'import mim.commands.test'),
+    ('psutil (the stock benchmark tools)', 'import psutil'),
+    ('the onnx extra', 'import onnx, onnxscript, onnxruntime'),
+    ('mim search mmsparse', "from mim.commands.search import load_metadata; "
+     "assert load_metadata('mmsparse').models, 'the mmsparse model index is empty'"),
 )
+# The requirement files installed, in this order.
+REQUIREMENTS = ('runtime.txt', 'tests.txt', 'onnx.txt')
 
 
 def log(msg):
@@ -71,8 +84,14 @@ def pip(*args, env=None):
 
 
 def run_python(code):
-    """Run ``code`` in a fresh interpreter; return the ``CompletedProcess``."""
-    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    """Run ``code`` in a fresh interpreter; return the ``CompletedProcess``.
+
+    It runs outside the checkout: from its root, ``import mmsparse`` and mim's distribution
+    lookup would find the checkout's ``mmsparse`` and ``mmsparse.egg-info`` through the
+    working directory, not the installed package.
+    """
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=tempfile.gettempdir())
 
 
 def probe(code):
@@ -178,6 +197,34 @@ def ensure_triton():
     pip('triton')
 
 
+def requirement_args():
+    """The ``-r FILE`` arguments of :data:`REQUIREMENTS` for one pip call."""
+    args = []
+    for name in REQUIREMENTS:
+        args += ['-r', osp.join(REPO_ROOT, 'requirements', name)]
+    return args
+
+
+def link_package_for_mim():
+    """Make the folder where mim looks for ``mmsparse/.mim`` point to the checkout's package.
+
+    mim (``mim.utils.get_installed_path``) takes the folder of the installed distribution
+    (site-packages for a ``*.dist-info``) joined with the package name; a PEP 660 editable
+    install imports mmsparse through a finder and leaves that folder absent. The link holds
+    the very files the finder imports. A real folder there (a normal install) is kept.
+    """
+    path = probe('from mim.utils import get_installed_path; '
+                 "print(get_installed_path('mmsparse'))")
+    if path is None:
+        fail('mim cannot find the installed mmsparse distribution (mim.utils.get_installed_path).')
+    package = osp.join(REPO_ROOT, 'mmsparse')
+    if osp.islink(path) and osp.realpath(path) != osp.realpath(package):
+        os.remove(path)  # a link to another checkout, left by an earlier install
+    if not osp.lexists(path):
+        os.symlink(package, path)
+        log(f'linked {path} -> {package} for mim')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--wheel-dir', default=os.environ.get('MMSPARSE_WHEEL_DIR', DEFAULT_WHEEL_DIR),
@@ -193,13 +240,13 @@ def main():
         write_constraints(f'torch=={torch_version}')
         ensure_mmcv(args.wheel_dir)
         write_constraints(f'torch=={torch_version}', f'mmcv=={MMCV_VERSION}')
-        pip('-r', osp.join(REPO_ROOT, 'requirements', 'runtime.txt'),
-            '-r', osp.join(REPO_ROOT, 'requirements', 'tests.txt'))
+        pip(*requirement_args())
         pip('--no-deps', OPENMIM)
         ensure_triton()
         pip('--no-deps', '--no-build-isolation', '-e', REPO_ROOT)
     finally:
         os.remove(CONSTRAINT_FILE)
+    link_package_for_mim()
     verify_stack()
     version = probe('import mmsparse, mmdet, mmseg, mmcv, setuptools; '
                     'print(mmsparse.__version__, mmdet.__version__, mmseg.__version__, '

@@ -1,8 +1,11 @@
 """tools/install.py: unsupported Python and torch refused, setuptools<82 kept, the result verified."""
 import os.path as osp
+import runpy
 import subprocess
+import sys
 
 import pytest
+import setuptools
 
 from ..conftest import REPO_ROOT, load_tool
 
@@ -84,6 +87,78 @@ def test_verify_stack_names_each_broken_check(monkeypatch, capsys):
     assert 'mmcv compiled ops' not in err
 
 
+@pytest.mark.slow  # a fresh interpreter per check; onnxscript alone imports for ~10 s
 def test_verify_stack_passes_on_this_install(capsys):
     install.verify_stack()
-    assert 'verified: an mmseg:: base config' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for what in ('an mmseg:: base config', 'psutil (the stock benchmark tools)', 'the onnx extra',
+                 'mim search mmsparse'):
+        assert f'verified: {what}' in out
+
+
+def requirements_installed():
+    """The requirement names of the files tools/install.py installs."""
+    names = set()
+    for name in install.REQUIREMENTS:
+        with open(osp.join(REPO_ROOT, 'requirements', name)) as f:
+            names |= {line.split('<')[0].split('=')[0].strip() for line in f
+                      if line.strip() and not line.startswith('#')}
+    return names
+
+
+def test_installer_installs_psutil_and_the_onnx_extra():
+    # psutil: the stock mmdet .mim/tools/analysis_tools/benchmark.py imports it;
+    # onnx, onnxscript, onnxruntime: the ONNX export tool and its tests.
+    assert {'psutil', 'onnx', 'onnxscript', 'onnxruntime'} <= requirements_installed()
+    args = install.requirement_args()
+    assert args[::2] == ['-r'] * len(install.REQUIREMENTS)
+    assert [osp.basename(path) for path in args[1::2]] == ['runtime.txt', 'tests.txt', 'onnx.txt']
+    whats = [what for what, _ in install.FINAL_CHECKS]
+    assert 'psutil (the stock benchmark tools)' in whats and 'mim search mmsparse' in whats
+
+
+def test_setup_declares_the_onnx_extra(monkeypatch):
+    captured = {}
+    monkeypatch.setattr(setuptools, 'setup', lambda **kwargs: captured.update(kwargs))
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(sys, 'argv', ['setup.py'])  # no command: .mim is left alone
+    runpy.run_path(osp.join(REPO_ROOT, 'setup.py'), run_name='__main__')
+    assert captured['extras_require']['onnx'] == ['onnx', 'onnxscript', 'onnxruntime']
+    assert 'psutil' in captured['install_requires']
+    assert '.mim/model-index.yml' in captured['package_data']['mmsparse']
+
+
+def test_probes_run_outside_the_checkout():
+    cwd = install.run_python('import os; print(os.getcwd())').stdout.strip()
+    assert not osp.realpath(cwd).startswith(osp.realpath(REPO_ROOT))
+
+
+def test_link_package_for_mim(monkeypatch, tmp_path):
+    site = tmp_path / 'site-packages'
+    site.mkdir()
+    target = site / 'mmsparse'
+    monkeypatch.setattr(install, 'probe', lambda code: str(target))
+    package = osp.join(REPO_ROOT, 'mmsparse')
+    install.link_package_for_mim()
+    assert target.is_symlink() and osp.realpath(target) == osp.realpath(package)
+    install.link_package_for_mim()  # idempotent
+    assert osp.realpath(target) == osp.realpath(package)
+    # a link to another checkout is replaced
+    target.unlink()
+    other = tmp_path / 'other' / 'mmsparse'
+    other.mkdir(parents=True)
+    target.symlink_to(other)
+    install.link_package_for_mim()
+    assert osp.realpath(target) == osp.realpath(package)
+    # a real package folder (a normal install) is kept
+    target.unlink()
+    target.mkdir()
+    install.link_package_for_mim()
+    assert target.is_dir() and not target.is_symlink()
+
+
+def test_link_package_for_mim_without_mim_fails(monkeypatch, capsys):
+    monkeypatch.setattr(install, 'probe', lambda code: None)
+    with pytest.raises(SystemExit):
+        install.link_package_for_mim()
+    assert 'mim cannot find the installed mmsparse distribution' in capsys.readouterr().err

@@ -43,7 +43,11 @@ mmdet config at them.
 Usage (from the repository root)::
 
     python tools/misc/generate_synthetic_data.py --out data --num-train 24 \\
-        --num-val 8 --size 128 160 --seed 0 --datasets ade coco [--overwrite]
+        --num-val 8 --size 128 160 --seed 0 --datasets ade coco [--overwrite] \\
+        [--no-progress]
+
+A progress bar over the scenes (mmengine's ``ProgressBar``: count, elapsed time,
+ETA) goes to stderr; ``--no-progress`` turns it off.
 """
 import argparse
 import json
@@ -51,10 +55,12 @@ import math
 import os
 import os.path as osp
 import shutil
+import sys
 import time
 
 import cv2
 import numpy as np
+from mmengine.utils import ProgressBar
 
 from mmsparse.datasets.synthetic import SYNTHETIC_DET_CLASSES, SYNTHETIC_ROOTS
 
@@ -354,7 +360,8 @@ def generate(out_dir=DEFAULT_OUT,
              num_val=DEFAULT_NUM_VAL,
              size=DEFAULT_SIZE,
              seed=0,
-             overwrite=False):
+             overwrite=False,
+             progress=True):
     """Write the synthetic datasets (see the module docstring) to disk.
 
     Args:
@@ -366,6 +373,8 @@ def generate(out_dir=DEFAULT_OUT,
         seed (int): Seed >= 0; the same seed gives byte-identical files.
         overwrite (bool): Replace non-empty dataset folders instead of
             raising ``FileExistsError``.
+        progress (bool): Show a progress bar over the scenes (count, elapsed
+            time, ETA) on stderr, leaving stdout as it is. Defaults to True.
 
     Returns:
         dict[str, str]: Dataset name to its root folder (the ``data_root`` of
@@ -400,6 +409,7 @@ def generate(out_dir=DEFAULT_OUT,
             root, description)
         for name, root in roots.items()
     }
+    bar = ProgressBar(num_train + num_val, file=sys.stderr) if progress else None
     for split_index, (split, num_images) in enumerate(
             (('train', num_train), ('val', num_val))):
         for index in range(num_images):
@@ -407,6 +417,10 @@ def generate(out_dir=DEFAULT_OUT,
             scene = render_scene(rng, height, width)
             for writer in writers.values():
                 writer.add(split, index, *scene)
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        sys.stderr.write('\n')  # ProgressBar leaves the cursor on its line
     for name, writer in writers.items():
         writer.close()
         print(f'[synthetic] {name}: {num_train} train + {num_val} val images '
@@ -473,6 +487,11 @@ def parse_args(argv=None):
         '--overwrite',
         action='store_true',
         help='replace non-empty dataset folders')
+    parser.add_argument(
+        '--no-progress',
+        dest='progress',
+        action='store_false',
+        help='do not show the progress bar (on stderr)')
     return parser, parser.parse_args(argv)
 
 
@@ -480,7 +499,7 @@ def main(argv=None):
     parser, args = parse_args(argv)
     try:
         generate(args.out, args.datasets, args.num_train, args.num_val,
-                 args.size, args.seed, args.overwrite)
+                 args.size, args.seed, args.overwrite, args.progress)
     except FileExistsError as e:
         parser.error(str(e))
 

@@ -9,16 +9,34 @@ classifier (``head``, ``head_dist``, ``fc_norm``, ``pre_logits``, ``dist_token``
 and, with ``--img-size``, resizes ``pos_embed`` bicubically to that input size
 (the CLS slot kept apart). Writes ``{'state_dict': {name: tensor}}``, loadable with
 ``torch.load(..., weights_only=True)`` and by ``init_cfg=dict(type='Pretrained')``.
+A progress bar over the tensors goes to stderr; ``--no-progress`` turns it off.
 """
 import argparse
+import os.path as osp
+import sys
+
+# the shared progress bar of this folder, also when a test imports the file by path
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _progress import add_progress_argument, with_progress  # noqa: E402
 from functools import partial
 
 from mmsparse.models.utils import convert_checkpoint_file, vit_official_to_mmsparse
 
 
-def convert(src, dst, img_size=None, patch_size=16):
+def convert(src, dst, img_size=None, patch_size=16, progress=True):
+    """Convert checkpoint ``src`` and write the result to ``dst``.
+
+    Args:
+        src (str): The timm, DeiT or official checkpoint.
+        dst (str): The output path; its folder is created.
+        img_size (Sequence[int], optional): Input size (one value for square, or H W) to
+            resize ``pos_embed`` to. Defaults to None (keep it).
+        patch_size (int): Patch size of the model. Defaults to 16.
+        progress (bool): Show a progress bar over the tensors on stderr. Defaults to True.
+    """
     pos_grid = None if img_size is None else (img_size[0] // patch_size, img_size[-1] // patch_size)
-    convert_checkpoint_file(src, dst, partial(vit_official_to_mmsparse, pos_grid=pos_grid))
+    convert_checkpoint_file(src, dst, with_progress(partial(vit_official_to_mmsparse, pos_grid=pos_grid),
+                                                     progress))
 
 
 def main():
@@ -28,10 +46,11 @@ def main():
     parser.add_argument('--img-size', type=int, nargs='+', help='resize pos_embed to this input size '
                         '(one value for square, or H W); default: keep it')
     parser.add_argument('--patch-size', type=int, default=16, help='patch size of the model (default 16)')
+    add_progress_argument(parser)
     args = parser.parse_args()
     if args.img_size is not None and len(args.img_size) not in (1, 2):
         parser.error(f'--img-size takes 1 or 2 values, got {args.img_size}')
-    convert(args.src, args.dst, args.img_size, args.patch_size)
+    convert(args.src, args.dst, args.img_size, args.patch_size, args.progress)
 
 
 if __name__ == '__main__':
