@@ -17,9 +17,8 @@ import sys
 import pytest
 import torch
 
-from mmsparse.models.attentions import (BiLevelRoutingAttention, FibottentionAttention,
-                                        GlobalAttentionLePE, HierarchicalMHSA,
-                                        NeighborhoodAttention2d)
+from mmsparse.models.attentions import (BiLevelRoutingAttention, Fibottention2d, GlobalAttentionLePE,
+                                        HierarchicalMHSA, NeighborhoodAttention2d)
 from mmsparse.models.backbones import NAT, BiFormer, FibottentionViT, HATNet
 from mmsparse.utils.checkpoint import load_state_dict_from_checkpoint, safe_load
 
@@ -28,7 +27,7 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # Small custom archs (the backbone tests use the same sizes).
 BIFORMER_ARCH = dict(depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), head_dim=32)
 NAT_ARCH = dict(embed_dims=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), mlp_ratio=2.)
-HAT_ARCH = dict(dims=(16, 32, 48, 64), head_dim=8, depths=(1, 1, 1, 1), expansions=(2, 2, 2, 2),
+HAT_ARCH = dict(embed_dims=(16, 32, 48, 64), head_dim=8, depths=(1, 1, 1, 1), expansions=(2, 2, 2, 2),
                 grid_sizes=(8, 7, 7, 1), ds_ratios=(8, 4, 2, 1), kernel_sizes=(3, 3, 3, 3))
 VIT_ARCH = dict(embed_dims=32, num_layers=4, num_heads=2, mlp_ratio=2)
 
@@ -72,22 +71,25 @@ ATTENTION_CASES = [
     (GlobalAttentionLePE, dict(embed_dims=30, num_heads=4), ValueError, r'num_heads=4 must divide embed_dims=30'),
     (GlobalAttentionLePE, dict(embed_dims=32, num_heads=4, lepe_kernel=0), ValueError,
      r'lepe_kernel=0 is not allowed: .*positive odd int'),
-    (HierarchicalMHSA, dict(embed_dims=32, head_dim=5), ValueError,
-     r'head_dim=5 must be a positive divisor of embed_dims=32'),
-    (HierarchicalMHSA, dict(embed_dims=32, head_dim=0), ValueError,
-     r'head_dim=0 must be a positive divisor of embed_dims=32'),
-    (HierarchicalMHSA, dict(embed_dims=32, head_dim=8, grid_size=0), ValueError,
+    (HierarchicalMHSA, dict(embed_dims=32, num_heads=5), ValueError,
+     r'num_heads=5 must be a positive divisor of embed_dims=32'),
+    (HierarchicalMHSA, dict(embed_dims=32, num_heads=0), ValueError,
+     r'num_heads=0 must be a positive divisor of embed_dims=32'),
+    (HierarchicalMHSA, dict(embed_dims=32, num_heads=4, grid_size=0), ValueError,
      r'grid_size=0 must be a positive int'),
-    (HierarchicalMHSA, dict(embed_dims=32, head_dim=8, ds_ratio=1.5), ValueError,
+    (HierarchicalMHSA, dict(embed_dims=32, num_heads=4, ds_ratio=1.5), ValueError,
      r'ds_ratio=1\.5 must be a positive int'),
-    (FibottentionAttention, dict(embed_dims=30, num_heads=4), ValueError, r'num_heads=4 must divide embed_dims=30'),
-    (FibottentionAttention, dict(embed_dims=32, num_heads=4, attention='sparse'), ValueError,
-     r"attention='sparse' is not supported; expected one of \('fibottention', 'dense'\)"),
-    (FibottentionAttention, dict(embed_dims=32, num_heads=4, mode='fast'), ValueError,
+    (HierarchicalMHSA, dict(embed_dims=32, head_dim=8), TypeError,
+     r"HierarchicalMHSA does not take the argument\(s\) 'head_dim'; it takes embed_dims, num_heads, grid_size"),
+    (Fibottention2d, dict(embed_dims=30, num_heads=4), ValueError,
+     r'num_heads=4 must be a positive divisor of embed_dims=30'),
+    (Fibottention2d, dict(embed_dims=32, num_heads=4, attention='sparse'), TypeError,
+     r"Fibottention2d does not take the argument\(s\) 'attention'; it takes embed_dims, num_heads, layer_id"),
+    (Fibottention2d, dict(embed_dims=32, num_heads=4, mode='fast'), ValueError,
      r"mode='fast' is not supported; expected one of"),
-    (FibottentionAttention, dict(embed_dims=32, num_heads=4, shuffle='never'), ValueError,
+    (Fibottention2d, dict(embed_dims=32, num_heads=4, shuffle='never'), ValueError,
      r"shuffle='never' is not supported; expected one of"),
-    (FibottentionAttention, dict(embed_dims=32, num_heads=4, offset_layout='3d'), ValueError,
+    (Fibottention2d, dict(embed_dims=32, num_heads=4, offset_layout='3d'), ValueError,
      r"offset_layout='3d' is not supported; expected one of"),
 ]
 

@@ -40,7 +40,15 @@ def resolve_backend(backend, *tensors, needs_triton=True):
 # two exact torch algorithms computes the dense masked attention (SDPA or matmul over all
 # pairs, masked to the op's support) below ``DENSE_BELOW_TOKENS[op]`` key tokens, and the
 # gather algorithm, whose work grows with the kept entries only, from there on.
-DENSE_BELOW_TOKENS = {}
+DENSE_BELOW_TOKENS = {
+    # k=7, 2 heads of 32, float32, 2 threads: gather/dense time 1.05 (forward) and 2.85
+    # (forward + backward) at 32x32, 0.77 and 1.47 at 40x40, 0.35 and 0.73 at 48x48.
+    'neighborhood_attention_2d': 1600,
+    # 1-D layout with CLS, 6 heads of 64, B=2, float32, 1 thread, forward: gather/dense time
+    # 2.1 (sparse mode) and 2.1 (official) at T=325, 0.9-1.1 at T=485, 0.8-0.9 at T=677;
+    # forward + backward (sparse) 1.8 at T=197, 1.14 at T=485, 0.72 at T=677.
+    'fibottention_attention': 512,
+}
 TORCH_ALGORITHMS = ('dense', 'sparse')
 
 
@@ -57,6 +65,31 @@ def inline_reference():
     ``torch.onnx.export`` traces a model the public functions call their reference directly.
     """
     return torch.onnx.is_in_onnx_export()
+
+
+def recompute_gradients(fn, inputs, grad_output):
+    """Gradients of ``fn(*inputs)`` for the backward of a custom op, by recomputing it.
+
+    A ``torch.library`` custom op keeps no autograd graph of its implementation, so its
+    backward reruns the (pure-PyTorch) implementation on detached copies under
+    ``torch.enable_grad()`` and differentiates that; AOTAutograd traces this like any
+    other backward.
+
+    Args:
+        fn (callable): ``fn(*inputs) -> Tensor``, the op's implementation.
+        inputs (Sequence[Tensor | None]): its tensor arguments; None entries (an absent
+            optional tensor) are passed as None and get a None gradient.
+        grad_output (Tensor): gradient of the output.
+
+    Returns:
+        list[Tensor | None]: one gradient per entry of ``inputs``.
+    """
+    with torch.enable_grad():
+        leaves = [None if t is None else t.detach().requires_grad_() for t in inputs]
+        out = fn(*leaves)
+        wrt = [t for t in leaves if t is not None]
+        grads = iter(torch.autograd.grad(out, wrt, grad_output, allow_unused=True))
+    return [None if t is None else next(grads) for t in leaves]
 
 
 def triton_available():
@@ -86,4 +119,5 @@ def check_triton_device(name, *tensors):
                                f'{t.device}); use backend=\'torch\' or set TRITON_INTERPRET=1')
 
 
-__all__ = ['resolve_backend', 'inline_reference', 'torch_algorithm', 'DENSE_BELOW_TOKENS', 'triton_available', 'interpreting', 'check_triton_device', 'BACKENDS']
+__all__ = ['resolve_backend', 'inline_reference', 'recompute_gradients', 'torch_algorithm', 'DENSE_BELOW_TOKENS',
+           'triton_available', 'interpreting', 'check_triton_device', 'BACKENDS']

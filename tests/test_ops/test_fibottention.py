@@ -1,5 +1,5 @@
-"""Fibottention op: offsets and masks vs the official fixtures, reference vs naive dense
-masking, Triton kernels vs the reference (outputs and all gradients, both modes), dispatch.
+"""Fibottention op: offsets and masks vs the official fixtures, both torch algorithms (gather
+and dense masked) vs naive dense masking and the official op fixture, Triton kernels vs the reference (outputs and all gradients, both modes), dispatch.
 
 Without a GPU the Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1`` is set
 before triton is imported), so the kernel shapes are tiny; they cover odd grids, 1-D and
@@ -18,8 +18,8 @@ if not ON_GPU and 'triton' not in sys.modules:
 import pytest  # noqa: E402
 
 from mmsparse.ops import fibottention_attention  # noqa: E402
-from mmsparse.ops._dispatch import ENV_VAR, triton_available  # noqa: E402
-from mmsparse.ops.fibottention import (fibonacci_offsets, fibottention_mask,  # noqa: E402
+from mmsparse.ops._dispatch import DENSE_BELOW_TOKENS, ENV_VAR, triton_available  # noqa: E402
+from mmsparse.ops.fibottention import (fibonacci_offsets, fibottention_dense, fibottention_mask,  # noqa: E402
                                        fibottention_pattern, fibottention_reference, head_permutation)
 
 DEVICE = 'cuda' if ON_GPU else 'cpu'
@@ -134,15 +134,19 @@ def test_reference_matches_naive_masking(mode, grid, heads, layout, with_cls):
     q, k, v = (torch.randn(2, heads, tokens, 4, generator=gen, dtype=torch.float64) * 2 for _ in range(3))
     grad = torch.randn(2, heads, tokens, 4, generator=gen, dtype=torch.float64)
     results = []
+    index, valid = pattern.neighbours()
+    excluded = pattern.dense_exclusion(mode, with_cls)
     for fn in (lambda *a: fibottention_reference(*a, pattern, 0.5, mode, with_cls),
+               lambda *a: fibottention_dense(*a, excluded, valid, 0.5, mode, with_cls),
                lambda *a: _naive(*a, mask, 0.5, mode)):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         out = fn(*leaves)
         out.backward(grad)
         results.append([out.detach()] + [t.grad for t in leaves])
-    for got, expected in zip(*results):
-        assert torch.isfinite(got).all()
-        torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
+    for result in results[:2]:   # the gather and the dense algorithm
+        for got, expected in zip(result, results[2]):
+            assert torch.isfinite(got).all()
+            torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
 
 
 def _op_fixture_check(fixture, backend):
@@ -160,7 +164,10 @@ def _op_fixture_check(fixture, backend):
     assert (sparse - fixture['attn_out_heads']).abs().max() > 1e-2
 
 
-def test_reference_reproduces_official_op(load_official):
+@pytest.mark.parametrize('dense_below', [0, 10**9], ids=['gather', 'dense'])
+def test_reference_reproduces_official_op(load_official, monkeypatch, dense_below):
+    """Both torch algorithms (the gather one and the dense masked one) against the fixture."""
+    monkeypatch.setitem(DENSE_BELOW_TOKENS, 'fibottention_attention', dense_below)
     _op_fixture_check(load_official('fibottention_attn_op.pt'), 'torch')
 
 
@@ -227,7 +234,8 @@ def test_triton_float32(mode):
 def test_env_var_selects_backend_and_argument_wins(monkeypatch):
     import mmsparse.ops.fibottention.triton_kernels as kernels
     calls = []
-    monkeypatch.setattr(kernels, 'fibottention_triton', lambda *a: calls.append('triton') or a[0])
+    # A new tensor: a custom op may not return its input.
+    monkeypatch.setattr(kernels, 'fibottention_triton', lambda *a: calls.append('triton') or a[0].clone())
     pattern = fibottention_pattern((2, 2), 1, 0)
     q = torch.randn(1, 1, 5, 4)
     monkeypatch.setenv(ENV_VAR, 'triton')

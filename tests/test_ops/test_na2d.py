@@ -1,6 +1,10 @@
 """2-D neighborhood attention: the reference vs the official NATTEN 0.14.4 fixture, the
 Triton kernels vs the reference, the window rules, and dispatch.
 
+The torch backend has two exact algorithms (the gather of the reference, and masked SDPA
+over all pairs below ``DENSE_BELOW_TOKENS``); the fixture test runs both, and
+``test_dense_matches_gather`` compares them on random inputs.
+
 Without a GPU the Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``
 is set before triton is first imported; see ``tests/test_ops/test_bra.py``), so the
 shapes are tiny. They cover maps exactly ``k*d`` wide, non-square maps, dilations
@@ -28,7 +32,8 @@ import pytest  # noqa: E402
 import mmsparse.ops.na2d as na2d_pkg  # noqa: E402
 from mmsparse.ops import neighborhood_attention_2d  # noqa: E402
 from mmsparse.ops._dispatch import ENV_VAR, triton_available  # noqa: E402
-from mmsparse.ops.na2d import na2d_logits_reference, na2d_reference, neighborhood_indices  # noqa: E402
+import mmsparse.ops.na2d.reference as reference_module  # noqa: E402
+from mmsparse.ops.na2d import na2d_dense, na2d_logits_reference, na2d_reference, neighborhood_indices  # noqa: E402
 from ..conftest import REPO_ROOT  # noqa: E402
 from .test_bra import needs_kernels, needs_triton  # noqa: E402
 
@@ -87,8 +92,18 @@ def _fixture_case(fixture, case):
     return get, (get('q'), get('k'), get('v'), get('rpb')), get('dilation')
 
 
+@pytest.fixture(params=['dense', 'sparse'])
+def torch_algorithm(request, monkeypatch):
+    """Force the torch backend's algorithm: masked SDPA over all pairs, or the gather."""
+    from mmsparse.ops import _dispatch
+    monkeypatch.setitem(_dispatch.DENSE_BELOW_TOKENS, 'neighborhood_attention_2d',
+                        10**9 if request.param == 'dense' else 0)
+    return request.param
+
+
 @pytest.mark.parametrize('case', FIXTURE_CASES)
-def test_reference_matches_official_fixture(op_fixture, case):
+def test_reference_matches_official_fixture(op_fixture, case, torch_algorithm):
+    """Both torch algorithms of the public op (and the gather's logits) = NATTEN 0.14.4."""
     get, tensors, dilation = _fixture_case(op_fixture, case)
     ks, scale = op_fixture['kernel_size'], op_fixture['scale']
     torch.testing.assert_close(na2d_logits_reference(tensors[0], tensors[1], ks, dilation, tensors[3], scale),
@@ -188,6 +203,37 @@ def test_triton_strided_inputs():
         torch.testing.assert_close(got, want, **F64_TOL)
 
 
+def test_torch_algorithm_follows_the_crossover(monkeypatch):
+    """na2d_torch: dense below DENSE_BELOW_TOKENS key tokens, the gather from there on."""
+    from mmsparse.ops import _dispatch
+    calls = []
+    monkeypatch.setattr(reference_module, 'na2d_dense', lambda *a: calls.append('dense'))
+    monkeypatch.setattr(reference_module, 'na2d_reference', lambda *a: calls.append('sparse'))
+    monkeypatch.setitem(_dispatch.DENSE_BELOW_TOKENS, 'neighborhood_attention_2d', 42)
+    x, y = torch.zeros(1, 1, 6, 7, 4), torch.zeros(1, 1, 6, 6, 4)   # 42 and 36 key tokens
+    reference_module.na2d_torch(x, x, x, 3, 1, None, 1.0)
+    reference_module.na2d_torch(y, y, y, 3, 1, None, 1.0)
+    assert calls == ['sparse', 'dense']
+
+
+@pytest.mark.parametrize('dilation', [1, 2])
+@pytest.mark.parametrize('with_rpb', [True, False])
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_dense_matches_gather(dilation, with_rpb, dtype):
+    """The two torch algorithms agree (forward and gradients), queries on a corner included."""
+    tensors, grad_out = _random_inputs(2, 2, 9, 11, 8, 3, with_rpb, dtype, seed=dilation)
+    tensors = [None if t is None else t.cpu() for t in tensors]
+    tol = F64_TOL if dtype == torch.float64 else F32_TOL
+    for rows, cols in ((9, 11), (5, 7)):
+        results = [_forward_backward(lambda q, k, v, rpb: fn(q[:, :, :rows, :cols], k, v, 3, dilation, rpb, 0.3),
+                                     tensors, grad_out.cpu()[:, :, :rows, :cols])
+                   for fn in (na2d_dense, na2d_reference)]
+        (dense_out, dense_grads), (ref_out, ref_grads) = results
+        torch.testing.assert_close(dense_out, ref_out, **tol)
+        for got, want in zip(dense_grads, ref_grads):
+            torch.testing.assert_close(got, want, **tol)
+
+
 @pytest.mark.parametrize('backend', ['torch', pytest.param('triton', marks=needs_kernels)])
 def test_queries_at_the_top_left_corner(backend):
     """q covering the top-left Hq x Wq corner = the full op cropped, gradients included."""
@@ -238,8 +284,9 @@ def test_triton_errors(monkeypatch):
 def test_dispatch_priority(monkeypatch):
     calls = []
     from mmsparse.ops.na2d import triton_kernels
-    monkeypatch.setattr(na2d_pkg, 'na2d_reference', lambda q, *a: calls.append('torch') or q)
-    monkeypatch.setattr(triton_kernels, 'na2d_triton', lambda q, *a: calls.append('triton') or q)
+    # Fresh outputs: a custom op may not return its input.
+    monkeypatch.setattr(na2d_pkg, 'na2d_torch', lambda q, *a: calls.append('torch') or q.clone())
+    monkeypatch.setattr(triton_kernels, 'na2d_triton', lambda q, *a: calls.append('triton') or q.clone())
     x = torch.randn(1, 1, 3, 3, 8)
     neighborhood_attention_2d(x, x, x, 3)                      # auto on CPU -> reference
     monkeypatch.setenv(ENV_VAR, 'triton')                      # env beats the device default

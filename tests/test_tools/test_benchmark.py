@@ -12,7 +12,7 @@ from ..conftest import REPO_ROOT, load_tool
 
 bench = load_tool('analysis_tools/benchmark.py')
 
-FAST = ['--warmup', '0', '--iters', '1', '--device', 'cpu', '--dtype', 'float32']
+FAST = ['--warmup', '0', '--iters', '1', '--device', 'cpu', '--dtype', 'float32', '--no-cpu-memory']
 TINY = {
     'bra': ['--batch', '1', '--size', '8', '--dim', '16', '--heads', '2', '--n-win', '2', '--topk', '2'],
     'na2d': ['--batch', '1', '--size', '9', '10', '--heads', '2', '--head-dim', '8', '--kernel-size', '3',
@@ -31,6 +31,7 @@ def _run(argv):
 
 @pytest.mark.parametrize('op', sorted(TINY))
 def test_every_op_runs_on_cpu(op, capsys):
+    """Rows, columns and the progress line; memory is n/a on CPU with --no-cpu-memory."""
     backends = ['torch', 'dense-sdpa'] + (['official-mask'] if op == 'fibottention' else [])
     rows = _run([op] + TINY[op] + FAST + ['--backends'] + backends)
     expected = [(n, p, b) for n in TOKENS[op] for p in bench.PASSES for b in backends]
@@ -39,9 +40,14 @@ def test_every_op_runs_on_cpu(op, capsys):
         assert r['op'] == op
         assert math.isfinite(r['ms']) and r['ms'] > 0
         assert r['peak'] is None and r['extra'] is None
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert out.count('vs dense-sdpa') == len(TOKENS[op])  # one table per case, with both speed-up columns
-    assert 'vs torch' in out and 'n/a' in out
+    assert 'vs torch' in out and 'n/a' in out and 'memory=not measured' in out
+    total = len(rows)
+    assert [line.split(']')[0] for line in captured.err.splitlines() if line.startswith('[')] == \
+        [f'[{i}/{total}' for i in range(1, total + 1)]
+    assert 'ETA 0s' in captured.err.splitlines()[-1]
 
 
 def test_default_backends_and_triton_note(monkeypatch, capsys):
@@ -118,9 +124,80 @@ def test_script_runs_standalone():
     """From the checkout, without mmengine: only torch and mmsparse.ops are imported."""
     code = ('import runpy, sys; sys.argv = ["benchmark.py", "hmhsa", "--batch", "1", "--size", "4", "--dim", "4", '
             '"--heads", "1", "--grid-size", "2", "--ratio", "2", "--warmup", "0", "--iters", "1", '
-            '"--device", "cpu", "--passes", "fwd", "--backends", "torch"]; '
+            '"--device", "cpu", "--passes", "fwd", "--backends", "torch", "--no-cpu-memory"]; '
             'runpy.run_path("tools/analysis_tools/benchmark.py", run_name="__main__"); '
             'assert not any(m.split(".")[0] in ("mmengine", "mmcv", "mmdet", "mmseg") for m in sys.modules)')
     result = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert 'H-MHSA' in result.stdout
+
+
+NA2D_MEMORY = ['na2d', '--size', '32', '--heads', '2', '--head-dim', '16', '--kernel-size', '7',
+               '--warmup', '0', '--iters', '1', '--device', 'cpu', '--dtype', 'float32', '--passes', 'fwd',
+               '--backends', 'torch']
+# (B, heads, N, k*k, head_dim) fp32 gathered keys and values of the reference: 12.25 MiB per image
+GATHERED_MIB_PER_IMAGE = 2 * 2 * 1024 * 49 * 16 * 4 / 2 ** 20
+
+
+@pytest.mark.slow
+def test_cpu_memory_grows_with_batch():
+    """Peak RSS of a fresh process per row: positive, and the op's part scales with the batch."""
+    (one, ), (four, ) = (_run(NA2D_MEMORY + ['--batch', str(b)]) for b in (1, 4))
+    for row in (one, four):
+        assert row['peak'] > row['extra'] > 0
+    # at least the extra gathered K/V of three more images, and not more than the whole run's RSS
+    assert four['extra'] - one['extra'] > 3 * GATHERED_MIB_PER_IMAGE * 0.9, (one, four)
+    assert four['peak'] > one['peak'], (one, four)
+
+
+TINY_MODEL_CONFIG = """
+default_scope = 'mmseg'
+model = dict(type='EncoderDecoder', backbone=dict(
+    type='mmsparse.NAT', arch=dict(embed_dims=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), mlp_ratio=2.)))
+"""
+MODEL_FAST = ['--shape', '64', '64', '--warmup', '1', '--iters', '1', '--device', 'cpu']
+
+
+@pytest.fixture
+def tiny_model_config(tmp_path):
+    path = tmp_path / 'tiny_nat.py'
+    path.write_text(TINY_MODEL_CONFIG)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_model_subcommand_rows_and_memory(tiny_model_config, capsys):
+    rows = _run(['model', tiny_model_config] + MODEL_FAST + ['--no-cpu-memory'])
+    assert [(r['op'], r['pass_'], r['backend'], r['tokens']) for r in rows] == \
+        [('model', 'fwd', 'eager', 4096), ('model', 'fwd+bwd', 'eager', 4096)]
+    assert all(r['ms'] > 0 and r['peak'] is None for r in rows)
+    out = capsys.readouterr().out
+    assert 'model: backbone of tiny_nat.py B=1 HxW=64x64' in out and 'vs eager' in out
+    # training-step memory in a fresh process per row; activations scale with the batch
+    (one, ), (four, ) = (_run(['model', tiny_model_config] + MODEL_FAST + ['--passes', 'fwd+bwd', '--batch', b])
+                         for b in ('1', '4'))
+    assert one['peak'] > one['extra'] > 0, one
+    assert four['extra'] > 2 * one['extra'], (one, four)
+
+
+@pytest.mark.slow
+def test_model_compile_row(tiny_model_config, capsys):
+    rows = _run(['model', tiny_model_config] + MODEL_FAST + ['--passes', 'fwd', '--compile', '--no-cpu-memory'])
+    assert [(r['pass_'], r['backend']) for r in rows] == [('fwd', 'eager'), ('fwd', 'compile')]
+    assert all(r['ms'] > 0 for r in rows)
+    lines = capsys.readouterr().out.splitlines()
+    compile_line = next(line for line in lines if line.startswith('compile'))
+    assert compile_line.split()[-1].endswith('x')  # its speed-up vs eager
+
+
+@pytest.mark.parametrize('argv,needle', [
+    (['model', 'no/such/config.py'], "config 'no/such/config.py' does not exist"),
+    (['model', __file__, '--backends', 'compile'], '--backends compile needs --compile'),
+    (['model', __file__, '--batch', '0'], '--batch=0'),
+    (['na2d', '--backends', 'eager'], '--backends eager is not available for na2d'),
+])
+def test_model_bad_input_names_the_argument(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.parse_args(argv)
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err

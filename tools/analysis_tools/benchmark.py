@@ -1,7 +1,8 @@
 """Benchmark the sparse attention ops of ``mmsparse.ops``: PyTorch reference vs fused kernels vs dense SDPA.
 
-One sub-command per op; every sub-command prints a table with milliseconds per
-call, peak CUDA memory and speed-ups for each requested (backend, pass)::
+One sub-command per op, and ``model`` for a config's backbone; every sub-command
+prints a table with milliseconds per call, peak memory and speed-ups for each
+requested (backend, pass)::
 
     # bi-level routing attention (BiFormer): routing + token attention on NHWC maps
     python tools/analysis_tools/benchmark.py bra --batch 4 --size 56 --dim 128 --heads 4 --n-win 7 --topk 4
@@ -18,6 +19,10 @@ call, peak CUDA memory and speed-ups for each requested (backend, pass)::
     python tools/analysis_tools/benchmark.py hmhsa --batch 2 --size 56 56 --dim 128 --heads 2 \\
         --grid-size 8 --ratio 8
 
+    # a config's backbone (cfg.model.backbone), eager and torch.compile, inference and training step
+    python tools/analysis_tools/benchmark.py model CONFIG --shape 512 512 --batch 2 [--compile] \\
+        [--cfg-options key=value ...]
+
 Common options (every sub-command): ``--dtype`` (default float16 on CUDA,
 float32 on CPU), ``--device`` (default cuda if available), ``--warmup``,
 ``--iters``, ``--seed``, ``--passes`` (``fwd``, ``fwd+bwd``) and ``--backends``:
@@ -31,7 +36,12 @@ float32 on CPU), ``--device`` (default cuda if available), ``--warmup``,
   that size, the baseline sparse attention has to beat;
 * ``official-mask`` (fibottention only): the official dense computation, logits
   ``q @ k^T * scale`` multiplied by the 0/1 Fibottention mask (built once, outside
-  the timed loop), softmax, ``@ v``; the semantics of ``mode='official'``.
+  the timed loop), softmax, ``@ v``; the semantics of ``mode='official'``;
+* ``eager`` / ``compile`` (model only): the backbone as built, and ``torch.compile``
+  of it (``--compile``; compiled and run once outside the timed loop). The timed call
+  is the backbone forward on a ``(batch, 3, H, W)`` image plus the sum of its feature
+  maps (the scalar the ``fwd+bwd`` pass differentiates); eval mode for ``fwd``,
+  train mode for ``fwd+bwd``.
 
 The default is every backend of the op. Fibottention's ``--tokens N`` counts
 patch tokens: the grid is ``(1, N)`` for the 1-D layout and the most square
@@ -46,18 +56,32 @@ leaves). Timing uses CUDA events on GPU and ``time.perf_counter`` on CPU. The
 Triton kernels need CUDA: without it the triton backend is dropped with a note,
 unless ``TRITON_INTERPRET=1`` is set (Triton's CPU interpreter, slow; for tests).
 
-Peak memory is ``torch.cuda.max_memory_allocated()`` over the timed loop: the
-absolute value and the part above what was allocated before the loop (the
-inputs), i.e. the op's own workspace, outputs and gradients; ``n/a`` on CPU.
+Rows run pass by pass, backend after backend, in one process, so the speed-ups
+in a table compare rows measured minutes apart at most; a progress line with
+the ETA goes to stderr.
+
+Peak memory on CUDA is ``torch.cuda.max_memory_allocated()`` over the timed
+loop: the absolute value and the part above what was allocated before the loop
+(the inputs), i.e. the op's own workspace, outputs and gradients. On CPU it is
+the high-water resident set size of a fresh process per row (``--no-cpu-memory``
+skips it: ``n/a``): the process builds the row's inputs, runs one untimed step,
+resets the high-water mark (``/proc/self/clear_refs``; where that is refused the
+baseline is ``ru_maxrss`` so far and the part above it a lower bound), runs two
+steps and reports ``VmHWM`` and the part above the baseline (inputs, parameters,
+the interpreter and torch). RSS counts pages the allocator has touched, so it
+includes allocator slack that ``max_memory_allocated`` would not.
 ``run(args)`` returns the table rows as dicts.
 
-Imports only torch, triton (lazily, through the ops) and ``mmsparse.ops``; no
-mmengine / mmcv needed.
+The op sub-commands import only torch, triton (lazily, through the ops) and
+``mmsparse.ops``; no mmengine / mmcv needed. ``model`` imports mmengine and the
+config's codebase, and builds the backbone with :func:`mmsparse.utils.builders.build_model`.
 """
 import argparse
+import json
 import math
 import os
 import os.path as osp
+import subprocess
 import sys
 import time
 
@@ -75,14 +99,14 @@ DTYPES = {'float16': torch.float16, 'fp16': torch.float16, 'bfloat16': torch.bfl
           'bf16': torch.bfloat16, 'float32': torch.float32, 'fp32': torch.float32,
           'float64': torch.float64, 'fp64': torch.float64}
 PASSES = ('fwd', 'fwd+bwd')
-ALL_BACKENDS = ('torch', 'triton', 'dense-sdpa', 'official-mask')
+ALL_BACKENDS = ('torch', 'triton', 'dense-sdpa', 'official-mask', 'eager', 'compile')
 
 
 # ----------------------------------------------------------------------------- shared helpers
 
 def _randn(gen, shape, device, dtype):
     """Seeded standard normal tensor (drawn on CPU, so the same numbers on every device)."""
-    return torch.randn(*shape, generator=gen).to(device, dtype)
+    return torch.randn(tuple(shape), generator=gen).to(device, dtype)
 
 
 def _dense_sdpa(batch, heads, tokens, qk_dim, v_dim=None):
@@ -111,7 +135,8 @@ def _map_size(size):
 class Case:
     """One benchmarked configuration: a title and, per backend, a factory of (fn, leaves, out_shape).
 
-    ``factories[backend](device, dtype, gen)`` builds the inputs (untimed) and returns
+    ``factories[backend](device, dtype, gen)`` builds the inputs (untimed, with grad
+    enabled for the ``fwd+bwd`` pass only) and returns
     ``fn`` (called as ``fn(*leaves)`` inside the timed loop), the input ``leaves``
     and the output shape (for the upstream gradient of the backward pass).
     ``fields`` are extra columns copied into every row (e.g. the token count).
@@ -351,12 +376,75 @@ def hmhsa_cases(args):
                f'ratio={args.ratio} ({pooled} pooled keys); triton = SDPA fast path', factories, tokens=tokens)
 
 
+# ----------------------------------------------------------------------------- model
+
+def model_args(parser):
+    parser.add_argument('config', help='an mmseg or mmdet config; its model.backbone is benchmarked')
+    parser.add_argument('--shape', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'),
+                        help='input height and width (default 224 224)')
+    parser.add_argument('--batch', type=int, default=1, help='batch size (default 1)')
+    parser.add_argument('--compile', action='store_true',
+                        help='add a torch.compile row next to eager (compiled outside the timed loop)')
+    parser.add_argument('--cfg-options', nargs='+', default=None, metavar='KEY=VALUE',
+                        help='override settings of the config (mmengine DictAction syntax)')
+
+
+def model_check(args, error):
+    _check_positive(error, args, 'batch')
+    if min(args.shape) < 1:
+        error(f'--shape={args.shape} must be positive')
+    if not osp.isfile(args.config):
+        error(f'config {args.config!r} does not exist')
+    if args.compile and 'compile' not in args.backends:
+        args.backends.append('compile')
+    if not args.compile and 'compile' in args.backends:
+        error('--backends compile needs --compile')
+
+
+def model_cases(args):
+    height, width = args.shape
+
+    def backbone(compiled):
+        def factory(device, dtype, gen):
+            # mmengine / mmseg / mmdet are imported only here: the op sub-commands need torch alone.
+            from mmengine.config import Config, DictAction
+
+            from mmsparse.utils.builders import build_model
+
+            cfg = Config.fromfile(args.config)
+            if args.cfg_options:
+                namespace = argparse.Namespace()
+                DictAction(option_strings=[], dest='opts')(None, namespace, args.cfg_options)
+                cfg.merge_from_dict(namespace.opts)
+            # the tools' builder: the config's backbone, SyncBN reverted, no Pretrained init
+            model = build_model(cfg, 'backbone')
+            train = torch.is_grad_enabled()  # make_step builds under the pass's grad mode
+            model = model.to(device, dtype).train(train)
+            fn = torch.compile(model) if compiled else model
+            image = _randn(gen, (args.batch, 3, height, width), device, dtype)
+
+            def step(x):  # one scalar from every feature map, so fwd+bwd reaches all of them
+                return sum(feature.float().sum() for feature in fn(x))
+
+            if compiled:  # compile outside the timed loop, whatever --warmup says
+                step(image.detach().requires_grad_(train))
+            return step, (image, ), ()
+        return factory
+
+    factories = {'eager': backbone(False), 'compile': backbone(True)}
+    yield Case(f'model: backbone of {osp.basename(args.config)} B={args.batch} HxW={height}x{width}',
+               factories, tokens=height * width)
+
+
 # ----------------------------------------------------------------------------- the tool
 
 class Op:
-    def __init__(self, help, add_args, check, cases, backends, triton_needs_cuda=True):
+    """A sub-command: its help, argument hooks, case generator and backends (``default``: those run unasked)."""
+
+    def __init__(self, help, add_args, check, cases, backends, triton_needs_cuda=True, default=None):
         self.help, self.add_args, self.check, self.cases = help, add_args, check, cases
         self.backends, self.triton_needs_cuda = backends, triton_needs_cuda
+        self.default = default or backends
 
 
 _BASE = ('torch', 'triton', 'dense-sdpa')
@@ -367,6 +455,8 @@ OPS = {
                        _BASE + ('official-mask', )),
     'hmhsa': Op('H-MHSA grid + global attention (HAT-Net)', hmhsa_args, hmhsa_check, hmhsa_cases, _BASE,
                 triton_needs_cuda=False),
+    'model': Op("a config's backbone, eager and (--compile) torch.compile", model_args, model_check,
+                model_cases, ('eager', 'compile'), triton_needs_cuda=False, default=('eager', )),
 }
 
 
@@ -381,7 +471,12 @@ def build_parser():
     group.add_argument('--seed', type=int, default=0, help='input seed (default 0)')
     group.add_argument('--passes', nargs='+', choices=PASSES, default=list(PASSES))
     group.add_argument('--backends', nargs='+', choices=ALL_BACKENDS, default=None,
-                       help='default: every backend of the op (official-mask is fibottention only)')
+                       help='default: every backend of the op (official-mask is fibottention only; '
+                       'model: eager, plus compile with --compile)')
+    group.add_argument('--no-cpu-memory', action='store_true',
+                       help='on CPU, skip the peak-RSS measurement (one fresh process per row)')
+    group.add_argument('--memory-child', nargs=3, default=None, metavar=('CASE', 'BACKEND', 'PASS'),
+                       help=argparse.SUPPRESS)  # internal: the fresh process of one CPU memory row
     parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest='op', metavar='OP', required=True,
@@ -396,7 +491,9 @@ def build_parser():
 
 def parse_args(argv=None):
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # replayed by the fresh process of each CPU memory row
     error = parser.op_parsers[args.op].error
     op = OPS[args.op]
     if args.iters < 1:
@@ -405,7 +502,7 @@ def parse_args(argv=None):
         error(f'--warmup={args.warmup} must be >= 0')
     if len(getattr(args, 'size', [1])) not in (1, 2):
         error(f'--size takes one or two values, got {args.size}')
-    args.backends = list(dict.fromkeys(args.backends or op.backends))
+    args.backends = list(dict.fromkeys(args.backends or op.default))
     for backend in args.backends:
         if backend not in op.backends:
             error(f'--backends {backend} is not available for {args.op}; choose from {", ".join(op.backends)}')
@@ -440,8 +537,9 @@ class _Timer:
 def make_step(factory, pass_name, device, dtype, seed):
     """Build the inputs of one backend (untimed) and return ``(step, leaves)``."""
     gen = torch.Generator(device='cpu').manual_seed(seed)
-    fn, leaves, out_shape = factory(device, dtype, gen)
     train = pass_name == 'fwd+bwd'
+    with torch.set_grad_enabled(train):  # a model factory picks train / eval mode from it
+        fn, leaves, out_shape = factory(device, dtype, gen)
     for leaf in leaves:
         leaf.requires_grad_(train)
     grad_out = _randn(gen, out_shape, device, dtype) if train else None
@@ -458,8 +556,77 @@ def make_step(factory, pass_name, device, dtype, seed):
     return step, leaves
 
 
+def _rss_kib(field):
+    """``VmRSS`` / ``VmHWM`` (KiB) of this process from /proc, or None where there is no /proc."""
+    try:
+        with open('/proc/self/status') as status:
+            return next(int(line.split()[1]) for line in status if line.startswith(field + ':'))
+    except (OSError, StopIteration):
+        return None
+
+
+def _max_rss_kib():
+    """High-water resident set size of this process in KiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == 'darwin' else peak
+
+
+def _reset_peak_rss():
+    """Reset the high-water RSS to the current RSS where Linux allows it; return the baseline in KiB.
+
+    Writing ``5`` to ``/proc/self/clear_refs`` (Linux >= 4.0) resets ``VmHWM``, so the
+    setup's transient peaks (imports, input construction) drop out; elsewhere the
+    baseline is the high-water mark so far, and the part above it is a lower bound.
+    """
+    try:
+        with open('/proc/self/clear_refs', 'w') as refs:
+            refs.write('5')
+        return _rss_kib('VmRSS')
+    except OSError:
+        return _max_rss_kib()
+
+
+def cpu_memory_child(args):
+    """The fresh process of one CPU memory row: print ``{"peak": MiB, "extra": MiB}`` as JSON.
+
+    Builds the row's inputs, runs one untimed step (lazy imports, caches and
+    one-time initialisation of the first call are setup, not the op's memory),
+    resets the high-water RSS, runs two steps (the second holds the first one's
+    parameter gradients, as in training) and reports the high-water RSS and the
+    part above the baseline.
+    """
+    index, backend, pass_name = args.memory_child
+    device, dtype = _device_and_dtype(args)
+    case = list(OPS[args.op].cases(args))[int(index)]
+    step, leaves = make_step(case.factories[backend], pass_name, device, dtype, args.seed)
+    step()
+    for leaf in leaves:  # the step's input gradients are the step's memory, not the baseline's
+        leaf.grad = None
+    base = _reset_peak_rss()
+    for _ in range(2):
+        step()
+    peak = _rss_kib('VmHWM') or _max_rss_kib()
+    print(json.dumps(dict(peak=peak / 1024, extra=(peak - base) / 1024)))
+
+
+def measure_cpu_memory(args, index, backend, pass_name):
+    """Peak RSS (MiB) and the part above the setup (MiB) of one CPU row, in a fresh process."""
+    cmd = [sys.executable, osp.abspath(__file__), *args.argv, '--memory-child', str(index), backend, pass_name]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f'the memory process of {args.op} case {index} {backend} {pass_name} failed:\n'
+                           f'{result.stderr[-3000:]}')
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    return row['peak'], row['extra']
+
+
 def bench_one(args, factory, pass_name, device, dtype):
-    """Return (ms per call, peak MiB, peak MiB above the inputs) for one backend and pass."""
+    """Return (ms per call, peak CUDA MiB, peak CUDA MiB above the inputs) for one backend and pass.
+
+    The two memory values are None on CPU (:func:`measure_cpu_memory` measures them there).
+    """
     step, leaves = make_step(factory, pass_name, device, dtype, args.seed)
     for _ in range(args.warmup):
         step()
@@ -479,6 +646,23 @@ def bench_one(args, factory, pass_name, device, dtype):
     return timer.ms / args.iters, peak, extra
 
 
+class Progress:
+    """``[done/total] label, elapsed, ETA`` on stderr: one rewritten line on a terminal, else a line per step."""
+
+    def __init__(self, total, stream=None):
+        self.total, self.done, self.stream = total, 0, stream or sys.stderr
+        self.t0 = time.perf_counter()
+
+    def step(self, label):
+        self.done += 1
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / self.done * (self.total - self.done)
+        line = f'[{self.done}/{self.total}] {label}  elapsed {elapsed:.0f}s  ETA {eta:.0f}s'
+        tty = self.stream.isatty()
+        self.stream.write(('\r\033[K' + line + ('\n' if self.done == self.total else '')) if tty else line + '\n')
+        self.stream.flush()
+
+
 def _usable_backends(args, device):
     backends = list(args.backends)
     interpret = os.environ.get('TRITON_INTERPRET', '0') == '1'
@@ -489,23 +673,38 @@ def _usable_backends(args, device):
     return backends
 
 
-def run(args):
-    """Run every requested (case, backend, pass); print one table per case and return all rows as dicts."""
+def _device_and_dtype(args):
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == 'cuda' else torch.float32)
+    return device, dtype
+
+
+def run(args):
+    """Run every requested (case, pass, backend); print one table per case and return all rows as dicts."""
+    if args.memory_child:
+        return cpu_memory_child(args)
+    device, dtype = _device_and_dtype(args)
     backends = _usable_backends(args, device)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
+    cpu_memory = device.type == 'cpu' and not args.no_cpu_memory
+    cases = list(OPS[args.op].cases(args))
+    progress = Progress(len(cases) * len(args.passes) * len(backends))
     rows = []
-    for case in OPS[args.op].cases(args):
-        print(f'{case.title}\n  dtype={str(dtype).replace("torch.", "")} device={name} '
-              f'warmup={args.warmup} iters={args.iters}')
+    for index, case in enumerate(cases):
+        header = (f'{case.title}\n  dtype={str(dtype).replace("torch.", "")} device={name} '
+                  f'warmup={args.warmup} iters={args.iters}')
         case_rows = []
         for pass_name in args.passes:
             for backend in backends:
                 ms, peak, extra = bench_one(args, case.factories[backend], pass_name, device, dtype)
+                if cpu_memory:
+                    peak, extra = measure_cpu_memory(args, index, backend, pass_name)
                 case_rows.append(dict(op=args.op, **case.fields, backend=backend, pass_=pass_name,
                                       ms=ms, peak=peak, extra=extra))
-        print(format_table(case_rows) + '\n')
+                progress.step(f'{args.op} case {index + 1}/{len(cases)} {pass_name} {backend}')
+        memory = 'peak RSS (fresh process per row)' if cpu_memory else (
+            'CUDA allocator peak' if device.type == 'cuda' else 'not measured')
+        print(f'{header} memory={memory}\n{format_table(case_rows)}\n')
         rows += case_rows
     return rows
 
@@ -515,7 +714,7 @@ def format_table(rows):
     def mib(x):
         return 'n/a' if x is None else f'{x:.1f}'
 
-    refs = [ref for ref in ('torch', 'dense-sdpa') if any(r['backend'] == ref for r in rows)]
+    refs = [ref for ref in ('torch', 'dense-sdpa', 'eager') if any(r['backend'] == ref for r in rows)]
     ref_ms = {ref: {r['pass_']: r['ms'] for r in rows if r['backend'] == ref} for ref in refs}
     header = ('backend', 'pass', 'ms/call', 'peak MiB', 'peak above inputs MiB') + tuple(f'vs {ref}' for ref in refs)
     lines = []

@@ -1,7 +1,9 @@
 from torch import nn
 
 from mmsparse.ops import bi_level_routing_attention
+from mmsparse.registry import MODELS
 from ..layers import pad_nhwc_to_multiple
+from .base import TokenMixer
 
 
 def check_lepe_kernel(name, value):
@@ -28,7 +30,8 @@ def build_lepe(embed_dims, kernel_size, name='lepe_kernel'):
     return nn.Conv2d(embed_dims, embed_dims, kernel_size, padding=kernel_size // 2, groups=embed_dims)
 
 
-class BiLevelRoutingAttention(nn.Module):
+@MODELS.register_module()
+class BiLevelRoutingAttention(TokenMixer):
     """Bi-level routing attention with LePE (BiFormer, arXiv 2303.08810).
 
     Reproduces the legacy op of the released checkpoints (``ops/bra_legacy.py`` of
@@ -37,11 +40,13 @@ class BiLevelRoutingAttention(nn.Module):
     padded tokens carry ``q = k = v = bias`` and are attended as ordinary keys; the
     depthwise LePE conv runs on ``v`` over the padded map; the output is cropped.
 
+    Registered as ``mmsparse.BiLevelRoutingAttention``.
+
     Args:
         embed_dims (int): channels C of the input and output.
         num_heads (int): heads of the token-to-token attention.
-        n_win (int): regions per side.
-        topk (int): routed regions per query region.
+        n_win (int): regions per side. Defaults to 7.
+        topk (int): routed regions per query region. Defaults to 4.
         qk_dims (int, optional): channels of q and k. Defaults to ``embed_dims``.
         lepe_kernel (int): kernel size of the depthwise LePE conv on ``v``, a
             positive odd int (the official ``side_dwconv``). Defaults to 5.
@@ -54,7 +59,7 @@ class BiLevelRoutingAttention(nn.Module):
         (N, H, W, C) -> (N, H, W, C)
     """
 
-    def __init__(self, embed_dims, num_heads, n_win, topk, qk_dims=None, lepe_kernel=5,
+    def __init__(self, embed_dims, num_heads, n_win=7, topk=4, qk_dims=None, lepe_kernel=5,
                  auto_pad=True, backend=None):
         super().__init__()
         if not 1 <= topk <= n_win * n_win:
@@ -78,7 +83,7 @@ class BiLevelRoutingAttention(nn.Module):
             x = pad_nhwc_to_multiple(x, self.n_win)
         elif height % self.n_win or width % self.n_win:
             raise ValueError(f'input size {height}x{width} is not divisible by n_win={self.n_win}; '
-                             'set auto_pad=True')
+                             'set auto_pad=True or use a map size divisible by n_win')
         q, k, v = self.qkv(x).split([self.qk_dims, self.qk_dims, self.embed_dims], dim=-1)
         lepe = self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         out = bi_level_routing_attention(q, k, v, self.num_heads, self.n_win, self.topk,

@@ -1,79 +1,93 @@
-import torch.nn.functional as F
-from torch import nn
+import torch
 
 from mmsparse.ops.fibottention import (LAYOUTS, MODES, SHUFFLES, fibottention_attention,
                                        fibottention_pattern)
+from mmsparse.registry import MODELS
+from .dense import DenseAttention
 
 
-class FibottentionAttention(nn.Module):
-    """Multi-head self-attention of a ViT block with Fibottention (arXiv 2406.19391).
+def check_fibottention_options(**options):
+    """Refuse a ``mode``, ``shuffle`` or ``offset_layout`` (keyword name = option) that is not supported."""
+    allowed = dict(mode=MODES, shuffle=SHUFFLES, offset_layout=LAYOUTS)
+    for name, value in options.items():
+        if value not in allowed[name]:
+            raise ValueError(f'{name}={value!r} is not supported; expected one of {allowed[name]}')
+
+
+@MODELS.register_module()
+class Fibottention2d(DenseAttention):
+    """Multi-head self-attention with Fibottention (arXiv 2406.19391) on a 2-D map.
 
     The layer's head-shuffled Wythoff/Fibonacci pattern (:mod:`mmsparse.ops.fibottention`)
-    is built per token grid and cached per device; the mask itself is never
-    materialised. ``attention='dense'`` swaps in plain softmax attention
-    (``F.scaled_dot_product_attention``) with the same parameters, for dense
-    baselines. Parameter names (``qkv``, ``proj``) follow timm, whose fused qkv
-    rows are ``[q; k; v]`` and head-major inside each.
+    over the flattened grid is built per grid and cached per device; the mask
+    itself is never materialised. :meth:`forward` attends the ``H x W`` map without
+    a CLS token (a query whose pattern keeps no key in ``'sparse'`` mode outputs
+    ``proj`` of zeros); :class:`~mmsparse.models.backbones.FibottentionViT` calls
+    :meth:`forward_tokens` with its CLS token, whose row and column are kept, as in
+    the official model. Parameters are those of :class:`DenseAttention`.
+    Registered as ``mmsparse.Fibottention2d``.
 
     Args:
         embed_dims (int): channels C.
         num_heads (int): heads; must divide C.
-        layer_id (int): block index (head-shuffle seed with ``shuffle='per_layer'``).
-        attention (str): ``'fibottention'`` or ``'dense'``.
+        layer_id (int): block index, the head-shuffle seed with
+            ``shuffle='per_layer'``. Defaults to 0.
         mode (str): ``'sparse'`` (masked logits -inf) or ``'official'`` (masked
-            logits 0, the official code's multiplicative mask).
-        shuffle (str): ``'per_layer'``, ``'shared'`` or ``'none'``.
-        offset_layout (str): ``'1d'`` (official) or ``'2d'`` (axial ablation).
-        qkv_bias (bool): bias of the qkv projection.
-        backend (str, optional): op backend, see :func:`mmsparse.ops.fibottention_attention`.
+            logits 0, the official code's multiplicative mask). Defaults to ``'sparse'``.
+        shuffle (str): ``'per_layer'``, ``'shared'`` or ``'none'``. Defaults to
+            ``'per_layer'``.
+        offset_layout (str): ``'1d'`` (official offsets on the flattened index) or
+            ``'2d'`` (axial offsets; ablation). Defaults to ``'1d'``.
+        qkv_bias (bool): bias of the qkv projection. Defaults to True.
+        backend (str, optional): op backend, see
+            :func:`mmsparse.ops.fibottention_attention`. Defaults to None.
 
     Shape:
-        x: (B, 1 + gh*gw, C), CLS first, patch tokens row-major;
-        grid_size: (gh, gw) -> (B, 1 + gh*gw, C).
+        (N, H, W, C) -> (N, H, W, C)
     """
 
-    ATTENTIONS = ('fibottention', 'dense')
+    # Read by tools/deployment/pytorch2onnx.py, which refuses --dynamic for a model with
+    # this layer naming it, and raised by pattern() under a symbolic-size torch.export.
+    static_export_reason = (
+        'its Fibonacci key pattern is computed in Python from the token count N (caps up to '
+        'wmax = N // 3 and Fibonacci runs under them), so the offsets and their number per head '
+        'change with N and a graph traced at one size would keep its pattern at every size')
 
-    def __init__(self, embed_dims, num_heads, layer_id=0, attention='fibottention', mode='sparse',
-                 shuffle='per_layer', offset_layout='1d', qkv_bias=True, backend=None):
-        super().__init__()
-        for name, value, allowed in (('attention', attention, self.ATTENTIONS), ('mode', mode, MODES),
-                                     ('shuffle', shuffle, SHUFFLES),
-                                     ('offset_layout', offset_layout, LAYOUTS)):
-            if value not in allowed:
-                raise ValueError(f'{name}={value!r} is not supported; expected one of {allowed}')
-        if embed_dims % num_heads:
-            raise ValueError(f'num_heads={num_heads} must divide embed_dims={embed_dims}')
-        self.num_heads = num_heads
+    def __init__(self, embed_dims, num_heads, layer_id=0, mode='sparse', shuffle='per_layer',
+                 offset_layout='1d', qkv_bias=True, backend=None):
+        check_fibottention_options(mode=mode, shuffle=shuffle, offset_layout=offset_layout)
+        super().__init__(embed_dims, num_heads, qkv_bias=qkv_bias)
         self.layer_id = layer_id
-        self.attention = attention
         self.mode = mode
         self.shuffle = shuffle
         self.offset_layout = offset_layout
         self.backend = backend
-        self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)
-        self.proj = nn.Linear(embed_dims, embed_dims)
         self._patterns = {}
 
     def pattern(self, grid_size, device):
-        """This layer's :class:`~mmsparse.ops.fibottention.FibPattern` on ``device`` (cached)."""
-        key = (tuple(grid_size), str(device))
+        """This layer's :class:`~mmsparse.ops.fibottention.FibPattern` on ``device`` (cached).
+
+        Raises:
+            ValueError: ``grid_size`` symbolic under ``torch.export`` (a dynamic export),
+                see ``static_export_reason``.
+        """
+        if torch.compiler.is_exporting() and not all(isinstance(s, int) for s in grid_size):
+            raise ValueError(f'{type(self).__name__} cannot be exported with a dynamic token grid '
+                             f'(grid_size={tuple(grid_size)}): {self.static_export_reason}; '
+                             'export it at a fixed input size')
+        # Plain ints: under torch.jit.trace (FLOP counting) sizes arrive as traced values,
+        # which would miss the cache and rebuild the pattern inside the trace.
+        grid_size = tuple(int(s) for s in grid_size)
+        key = (grid_size, str(device))
         if key not in self._patterns:
-            self._patterns[key] = fibottention_pattern(tuple(grid_size), self.num_heads, self.layer_id,
+            self._patterns[key] = fibottention_pattern(grid_size, self.num_heads, self.layer_id,
                                                        self.offset_layout, self.shuffle).to(device)
         return self._patterns[key]
 
-    def forward(self, x, grid_size):
-        bsz, n_tokens, channels = x.shape
-        qkv = self.qkv(x).reshape(bsz, n_tokens, 3, self.num_heads, channels // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        if self.attention == 'dense':
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            out = fibottention_attention(q, k, v, self.pattern(grid_size, x.device), mode=self.mode,
-                               backend=self.backend)
-        return self.proj(out.transpose(1, 2).reshape(bsz, n_tokens, channels))
+    def attend(self, q, k, v, grid_size, with_cls):
+        return fibottention_attention(q, k, v, self.pattern(grid_size, q.device), mode=self.mode,
+                                      with_cls=with_cls, backend=self.backend)
 
     def extra_repr(self):
-        return (f'num_heads={self.num_heads}, layer_id={self.layer_id}, attention={self.attention}, '
-                f'mode={self.mode}, shuffle={self.shuffle}, offset_layout={self.offset_layout}')
+        return (f'{super().extra_repr()}, layer_id={self.layer_id}, mode={self.mode}, '
+                f'shuffle={self.shuffle}, offset_layout={self.offset_layout}')

@@ -1,17 +1,21 @@
 import torch.nn.functional as F
 from torch import nn
 
+from mmsparse.registry import MODELS
+from .base import TokenMixer
 from .bra import build_lepe
 
 
-class GlobalAttentionLePE(nn.Module):
+@MODELS.register_module()
+class GlobalAttentionLePE(TokenMixer):
     """Global multi-head self-attention plus LePE on the attention input.
 
     BiFormer's last stage (``AttentionLePE`` in ``models/_common.py`` of
     https://github.com/rayleizhu/BiFormer): qkv without bias, scale
     ``head_dim ** -0.5``, and the depthwise LePE conv applied to the input ``x``
     (not to ``v``). Attention runs through ``F.scaled_dot_product_attention``, so
-    GPUs use fused flash / memory-efficient kernels.
+    GPUs use fused flash / memory-efficient kernels. Registered as
+    ``mmsparse.GlobalAttentionLePE``.
 
     Args:
         embed_dims (int): channels C.

@@ -7,6 +7,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..attentions import TokenMixer
 from ..utils import load_pretrained_weights
 
 
@@ -21,6 +22,10 @@ class SparseBackbone(BaseModule):
     :meth:`_stage_modules`. ``frozen_stages`` follows OpenMMLab (mmdet ``ResNet``,
     ``SwinTransformer``): -1 freezes nothing, 0 the stem only, ``k >= 1`` the stem
     and stages ``0..k-1``. ``out_indices`` is checked by :meth:`_parse_out_indices`.
+
+    Weights are initialised by :meth:`init_weights` (MMEngine's runner and the
+    OpenMMLab detectors/segmentors call it), never at construction, so a build pays
+    for no init and a checkpoint load for one.
     """
 
     arch_zoo = {}
@@ -132,6 +137,13 @@ class SparseBackbone(BaseModule):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    def _init_random(self):
+        """The family's random init: :meth:`_init_layer` on every module, then each token mixer's own."""
+        self.apply(self._init_layer)
+        for module in self.modules():
+            if isinstance(module, TokenMixer):
+                module.init_weights()
+
     def _is_official(self, state_dict):
         """Whether ``state_dict`` uses the official key names."""
         return False
@@ -149,7 +161,17 @@ class SparseBackbone(BaseModule):
         """
 
     def init_weights(self):
+        """Random init (:meth:`_init_random`), then the ``init_cfg`` checkpoint or initialisers.
+
+        With a checkpoint the random init runs once the checkpoint has passed every
+        check, right before its weights are copied: keys a ``strict=False``
+        checkpoint lacks (output norms, pyramid layers) keep the family's init, and a
+        refused checkpoint leaves the model as it was.
+        """
+        random_init = None if self._is_init else self._init_random
         if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
+            if random_init is not None:
+                random_init()
             super().init_weights()
             return
         load_pretrained_weights(
@@ -160,7 +182,8 @@ class SparseBackbone(BaseModule):
             check=self._check_state_dict,
             prefix=self.init_cfg.get('prefix'),
             strict=self.init_cfg.get('strict', True),
-            tolerated_keys=self.tolerated_checkpoint_keys)
+            tolerated_keys=self.tolerated_checkpoint_keys,
+            before_copy=random_init)
         self._is_init = True
 
     def _stem_modules(self):

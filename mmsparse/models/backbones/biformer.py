@@ -1,11 +1,10 @@
 import torch.utils.checkpoint as cp
-from mmcv.cnn import build_norm_layer
 from torch import nn
 
 from mmsparse.registry import MODELS
 from ..attentions import BiLevelRoutingAttention, GlobalAttentionLePE
 from ..attentions.bra import check_lepe_kernel
-from ..layers import DropPath, LayerNorm2d, Mlp, drop_path_rates
+from ..layers import DropPath, LayerNorm2d, Mlp, conv_downsample, conv_stem, drop_path_rates
 from ..utils import biformer_official_to_mmsparse, is_official_biformer
 from ..utils.ckpt_convert import biformer_side_dwconv
 from .base import SparseBackbone
@@ -23,14 +22,14 @@ class BiFormerBlock(nn.Module):
     """
 
     def __init__(self, embed_dims, num_heads, n_win, topk, mlp_ratio, drop_path, auto_pad,
-                 global_heads, lepe_kernel, with_cp):
+                 global_heads, lepe_kernel, with_cp, backend):
         super().__init__()
         self.with_cp = with_cp
         self.cpe = nn.Conv2d(embed_dims, embed_dims, 3, padding=1, groups=embed_dims)
         self.norm1 = nn.LayerNorm(embed_dims, eps=1e-6)
         if topk > 0:
             self.attn = BiLevelRoutingAttention(embed_dims, num_heads, n_win, topk, lepe_kernel=lepe_kernel,
-                                                auto_pad=auto_pad)
+                                                auto_pad=auto_pad, backend=backend)
         elif topk == -1:
             self.attn = GlobalAttentionLePE(embed_dims, global_heads, lepe_kernel=lepe_kernel)
         else:
@@ -99,6 +98,9 @@ class BiFormer(SparseBackbone):
         with_cp (bool): activation checkpointing per block. Defaults to False.
         drop_path_rate (float): stochastic depth, linear over blocks.
             Defaults to 0.
+        backend (str, optional): op backend of the routing attention, see
+            :mod:`mmsparse.ops._dispatch` (the global stage always uses
+            ``F.scaled_dot_product_attention``). Defaults to None.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH)``
             loads an official ImageNet checkpoint or an mmsparse one; add
             ``strict=False`` to tolerate mismatched keys (they are still logged;
@@ -133,6 +135,7 @@ class BiFormer(SparseBackbone):
                  norm_cfg=dict(type='BN'),
                  with_cp=False,
                  drop_path_rate=0.,
+                 backend=None,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         arch = self._parse_arch(arch)
@@ -148,19 +151,9 @@ class BiFormer(SparseBackbone):
         self.norm_eval = norm_eval
 
         dims = self.embed_dims
-        self.downsample_layers = nn.ModuleList([
-            nn.Sequential(
-                nn.Conv2d(in_channels, dims[0] // 2, 3, stride=2, padding=1),
-                build_norm_layer(norm_cfg, dims[0] // 2)[1],
-                nn.GELU(),
-                nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1),
-                build_norm_layer(norm_cfg, dims[0])[1])
-        ])
-        for i in range(1, self.num_stages):
-            self.downsample_layers.append(
-                nn.Sequential(
-                    nn.Conv2d(dims[i - 1], dims[i], 3, stride=2, padding=1),
-                    build_norm_layer(norm_cfg, dims[i])[1]))
+        self.downsample_layers = nn.ModuleList(
+            [conv_stem(in_channels, dims[0], norm_cfg)] +
+            [conv_downsample(dims[i - 1], dims[i], norm_cfg) for i in range(1, self.num_stages)])
 
         rates = drop_path_rates(drop_path_rate, self.depths)
         self.stages = nn.ModuleList()
@@ -168,13 +161,12 @@ class BiFormer(SparseBackbone):
             self.stages.append(
                 nn.Sequential(*[
                     BiFormerBlock(dims[i], dims[i] // arch['head_dim'], n_win, topks[i], mlp_ratios[i],
-                                  rates[i][b], auto_pad, global_heads, side_dwconv, with_cp)
+                                  rates[i][b], auto_pad, global_heads, side_dwconv, with_cp, backend)
                     for b in range(self.depths[i])
                 ]))
         for i in self.out_indices:
             self.add_module(f'norm{i}', LayerNorm2d(dims[i]))
 
-        self.apply(self._init_layer)
         self._freeze_stages()
 
     def _parse_arch(self, arch):

@@ -4,7 +4,8 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import nn
 
 from mmsparse.registry import MODELS
-from ..attentions import FibottentionAttention
+from ..attentions import DenseAttention, Fibottention2d
+from ..attentions.fibottention import check_fibottention_options
 from ..layers import DropPath, FeatureRescale, Mlp, PatchEmbed, drop_path_rates, resize_pos_embed
 from ..utils import vit_official_to_mmsparse
 from .base import SparseBackbone
@@ -17,17 +18,22 @@ class FibottentionBlock(nn.Module):
         (B, 1 + gh*gw, C), grid (gh, gw) -> (B, 1 + gh*gw, C)
     """
 
-    def __init__(self, embed_dims, num_heads, mlp_ratio, drop_path, with_cp, **attn_kwargs):
+    def __init__(self, embed_dims, num_heads, mlp_ratio, drop_path, with_cp, attention='fibottention',
+                 **attn_kwargs):
         super().__init__()
         self.with_cp = with_cp
         self.norm1 = nn.LayerNorm(embed_dims, eps=1e-6)
-        self.attn = FibottentionAttention(embed_dims, num_heads, **attn_kwargs)
+        if attention == 'dense':
+            # The dense baseline has the same parameters (qkv, proj) and nothing else.
+            self.attn = DenseAttention(embed_dims, num_heads, qkv_bias=attn_kwargs['qkv_bias'])
+        else:
+            self.attn = Fibottention2d(embed_dims, num_heads, **attn_kwargs)
         self.norm2 = nn.LayerNorm(embed_dims, eps=1e-6)
         self.mlp = Mlp(embed_dims, int(mlp_ratio * embed_dims))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def _forward(self, x, grid_size):
-        x = x + self.drop_path(self.attn(self.norm1(x), grid_size))
+        x = x + self.drop_path(self.attn.forward_tokens(self.norm1(x), grid_size, with_cls=True))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def forward(self, x, grid_size):
@@ -106,6 +112,7 @@ class FibottentionViT(SparseBackbone):
         'large': dict(embed_dims=1024, num_layers=24, num_heads=16, mlp_ratio=4),
     }
     arch_keys = ('embed_dims', 'num_layers', 'num_heads', 'mlp_ratio')
+    ATTENTIONS = ('fibottention', 'dense')
     # The pyramid layers do not exist in classification checkpoints.
     tolerated_checkpoint_keys = (r'^rescales\.', )
 
@@ -129,6 +136,10 @@ class FibottentionViT(SparseBackbone):
                  backend=None,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
+        if attention not in self.ATTENTIONS:
+            raise ValueError(f'attention={attention!r} is not supported; expected one of {self.ATTENTIONS}')
+        # Checked for the dense baseline too, which does not use them: a typo must not pass silently.
+        check_fibottention_options(mode=attn_mode, shuffle=shuffle, offset_layout=offset_layout)
         arch = self._parse_arch(arch)
         dims, depth = arch['embed_dims'], arch['num_layers']
         self.embed_dims, self.num_layers = dims, depth
@@ -157,10 +168,13 @@ class FibottentionViT(SparseBackbone):
         self.norm = nn.LayerNorm(dims, eps=1e-6) if final_norm else nn.Identity()
         self.rescales = nn.ModuleList([FeatureRescale(dims, s) for s in out_scales])
 
+        self._freeze_stages()
+
+    def _init_random(self):
+        """timm's ViT init: trunc-normal position embedding and CLS token, then the layer-wise init."""
         trunc_normal_(self.pos_embed, std=.02)
         trunc_normal_(self.cls_token, std=.02)
-        self.apply(self._init_layer)
-        self._freeze_stages()
+        super()._init_random()
 
     def _parse_arch(self, arch):
         arch = super()._parse_arch(arch)

@@ -15,7 +15,8 @@ class InvertedResidual(nn.Module):
 
     ``GN -> 1x1 (C -> C*e) -> SiLU -> depthwise kxk -> SiLU -> Dropout2d ->
     1x1 (C*e -> C) -> GN -> Dropout2d``; no conv has a bias. Note the GN at
-    the end of the branch.
+    the end of the branch. The SiLUs run in place, as in the official model: the
+    convs before them do not keep their outputs for backward.
 
     Shape:
         (B, C, H, W) -> (B, C, H, W)
@@ -25,15 +26,35 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = embed_dims * expansion
         self.conv1 = nn.Sequential(group_norm1(embed_dims), nn.Conv2d(embed_dims, hidden, 1, bias=False),
-                                   nn.SiLU())
+                                   nn.SiLU(inplace=True))
         self.conv2 = nn.Sequential(
             nn.Conv2d(hidden, hidden, kernel_size, padding=(kernel_size - 1) // 2, groups=hidden, bias=False),
-            nn.SiLU(), nn.Dropout2d(drop))
+            nn.SiLU(inplace=True), nn.Dropout2d(drop))
         self.conv3 = nn.Sequential(nn.Conv2d(hidden, embed_dims, 1, bias=False), group_norm1(embed_dims),
                                    nn.Dropout2d(drop))
 
     def forward(self, x):
         return self.conv3(self.conv2(self.conv1(x)))
+
+
+class HATAttention(HierarchicalMHSA):
+    """H-MHSA with the official block's pre-norm (GroupNorm), on NCHW maps.
+
+    The official model keeps the pre-norm inside its attention (key ``attn.norm``),
+    and the residual inside the local step adds the un-normalised input; this
+    subclass holds the norm under the same key and passes the raw input as the
+    ``identity`` of :class:`HierarchicalMHSA`.
+
+    Shape:
+        (B, C, H, W) -> (B, C, H, W)
+    """
+
+    def __init__(self, embed_dims, num_heads, grid_size, ds_ratio, drop, backend):
+        super().__init__(embed_dims, num_heads, grid_size, ds_ratio, drop, backend)
+        self.norm = group_norm1(embed_dims)
+
+    def forward(self, x):
+        return self.forward_nchw(self.norm(x), identity=x)
 
 
 class HATBlock(nn.Module):
@@ -50,7 +71,7 @@ class HATBlock(nn.Module):
                  drop_path, with_cp, backend):
         super().__init__()
         self.with_cp = with_cp
-        self.attn = HierarchicalMHSA(embed_dims, head_dim, grid_size, ds_ratio, drop, backend)
+        self.attn = HATAttention(embed_dims, embed_dims // head_dim, grid_size, ds_ratio, drop, backend)
         self.conv = InvertedResidual(embed_dims, expansion, kernel_size, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -96,7 +117,7 @@ class HATNet(SparseBackbone):
 
     Args:
         arch (str | dict): ``'tiny'``, ``'small'``, ``'medium'``, ``'large'`` or a dict
-            with the keys ``dims``, ``head_dim``, ``depths``, ``expansions``,
+            with the keys ``embed_dims``, ``head_dim``, ``depths``, ``expansions``,
             ``grid_sizes``, ``ds_ratios`` and ``kernel_sizes`` (per-stage tuples of 4
             ints, except ``head_dim``, one int shared by all stages).
         in_channels (int): image channels (the official stem hard-codes 3).
@@ -120,19 +141,19 @@ class HATNet(SparseBackbone):
             unexpected keys are errors unless ``strict=False`` (then logged).
 
     Shape:
-        (B, in_channels, H, W) -> tuple of (B, dims[i], ceil(H / 2**(i+2)),
+        (B, in_channels, H, W) -> tuple of (B, embed_dims[i], ceil(H / 2**(i+2)),
         ceil(W / 2**(i+2))) for i in ``out_indices``.
     """
 
     arch_zoo = {
-        'tiny': dict(_PRESET_COMMON, dims=(48, 96, 240, 384), head_dim=48, depths=(2, 2, 6, 3),
+        'tiny': dict(_PRESET_COMMON, embed_dims=(48, 96, 240, 384), head_dim=48, depths=(2, 2, 6, 3),
                      kernel_sizes=(3, 3, 3, 3)),
-        'small': dict(_PRESET_COMMON, dims=(64, 128, 320, 512), depths=(2, 3, 8, 3), kernel_sizes=(3, 3, 3, 3)),
-        'medium': dict(_PRESET_COMMON, dims=(64, 128, 320, 512), depths=(3, 6, 18, 3), kernel_sizes=(5, 3, 5, 3)),
-        'large': dict(_PRESET_COMMON, dims=(64, 128, 320, 640), depths=(3, 8, 27, 3), kernel_sizes=(3, 3, 3, 3)),
+        'small': dict(_PRESET_COMMON, embed_dims=(64, 128, 320, 512), depths=(2, 3, 8, 3), kernel_sizes=(3, 3, 3, 3)),
+        'medium': dict(_PRESET_COMMON, embed_dims=(64, 128, 320, 512), depths=(3, 6, 18, 3), kernel_sizes=(5, 3, 5, 3)),
+        'large': dict(_PRESET_COMMON, embed_dims=(64, 128, 320, 640), depths=(3, 8, 27, 3), kernel_sizes=(3, 3, 3, 3)),
     }
     num_stages = 4
-    per_stage_arch_keys = ('dims', 'depths', 'expansions', 'grid_sizes', 'ds_ratios', 'kernel_sizes')
+    per_stage_arch_keys = ('embed_dims', 'depths', 'expansions', 'grid_sizes', 'ds_ratios', 'kernel_sizes')
     arch_keys = per_stage_arch_keys + ('head_dim', )
 
     def __init__(self,
@@ -149,13 +170,13 @@ class HATNet(SparseBackbone):
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         arch = self._parse_arch(arch)
-        self.dims = tuple(arch['dims'])
+        self.embed_dims = tuple(arch['embed_dims'])
         self.depths = tuple(arch['depths'])
         self.out_indices = self._parse_out_indices(out_indices, self.num_stages)
         self.frozen_stages = self._check_frozen_stages(frozen_stages, self.num_stages - 1)
         self.norm_eval = norm_eval
 
-        dims = self.dims
+        dims = self.embed_dims
         self.patch_embed = nn.Sequential(
             nn.Conv2d(in_channels, 16, 3, stride=2, padding=1), group_norm1(16), nn.SiLU(),
             nn.Conv2d(16, dims[0], 3, stride=2, padding=1))
@@ -173,12 +194,11 @@ class HATNet(SparseBackbone):
                 self.add_module(f'norm{i}', LayerNorm2d(dims[i]))
         self.out_norms = out_norms
 
-        self.apply(self._init_layer)
         self._freeze_stages()
 
     def _parse_arch(self, arch):
         arch = super()._parse_arch(arch)
-        self._check_heads_fit("arch['head_dim']", arch['head_dim'], arch['dims'])
+        self._check_heads_fit("arch['head_dim']", arch['head_dim'], arch['embed_dims'])
         return arch
 
     @staticmethod

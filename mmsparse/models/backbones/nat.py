@@ -1,10 +1,9 @@
-import torch
 import torch.utils.checkpoint as cp
 from torch import nn
 
 from mmsparse.registry import MODELS
 from ..attentions import NeighborhoodAttention2d
-from ..layers import DropPath, Mlp, drop_path_rates
+from ..layers import DropPath, Mlp, apply_layer_scale, drop_path_rates, layer_scale_pair
 from ..utils import is_official_nat, nat_official_to_mmsparse
 from .base import SparseBackbone
 
@@ -40,25 +39,21 @@ class NATBlock(nn.Module):
     """
 
     def __init__(self, embed_dims, num_heads, kernel_size, dilation, mlp_ratio, drop_path, layer_scale,
-                 with_cp):
+                 with_cp, backend):
         super().__init__()
         self.with_cp = with_cp
         self.norm1 = nn.LayerNorm(embed_dims)
-        self.attn = NeighborhoodAttention2d(embed_dims, num_heads, kernel_size, dilation)
+        self.attn = NeighborhoodAttention2d(embed_dims, num_heads, kernel_size, dilation, backend=backend)
         self.norm2 = nn.LayerNorm(embed_dims)
         self.mlp = Mlp(embed_dims, int(mlp_ratio * embed_dims))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        if layer_scale is None:
-            self.gamma1 = self.gamma2 = None
-        else:
-            self.gamma1 = nn.Parameter(layer_scale * torch.ones(embed_dims))
-            self.gamma2 = nn.Parameter(layer_scale * torch.ones(embed_dims))
+        self.gamma1, self.gamma2 = layer_scale_pair(embed_dims, layer_scale)
 
     def _forward(self, x):
         y = self.attn(self.norm1(x))
-        x = x + self.drop_path(y if self.gamma1 is None else self.gamma1 * y)
+        x = x + self.drop_path(apply_layer_scale(self.gamma1, y))
         y = self.mlp(self.norm2(x))
-        return x + self.drop_path(y if self.gamma2 is None else self.gamma2 * y)
+        return x + self.drop_path(apply_layer_scale(self.gamma2, y))
 
     def forward(self, x):
         if self.with_cp and x.requires_grad:
@@ -102,6 +97,8 @@ class NAT(SparseBackbone):
             itself has only LayerNorms; kept for a uniform backbone interface).
         with_cp (bool): activation checkpointing per block.
         drop_path_rate (float): stochastic depth, linear over blocks.
+        backend (str, optional): op backend of every neighborhood attention, see
+            :mod:`mmsparse.ops._dispatch`.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH)``
             loads an official ImageNet/dense checkpoint or an mmsparse one; add
             ``strict=False`` to tolerate mismatched keys (they are still logged).
@@ -134,6 +131,7 @@ class NAT(SparseBackbone):
                  norm_eval=False,
                  with_cp=False,
                  drop_path_rate=0.2,
+                 backend=None,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         arch = self._parse_arch(arch)
@@ -159,13 +157,12 @@ class NAT(SparseBackbone):
             self.stages.append(
                 nn.Sequential(*[
                     NATBlock(dims[i], arch['num_heads'][i], kernel_size, self.dilations[i][b],
-                             arch['mlp_ratio'], rates[i][b], layer_scale, with_cp)
+                             arch['mlp_ratio'], rates[i][b], layer_scale, with_cp, backend)
                     for b in range(self.depths[i])
                 ]))
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(dims[i]))
 
-        self.apply(self._init_layer)
         self._freeze_stages()
 
     def _parse_arch(self, arch):

@@ -14,6 +14,10 @@ def pad_nhwc_to_multiple(x, multiple):
     height, width = x.shape[1:3]
     pad_bottom = (multiple - height % multiple) % multiple
     pad_right = (multiple - width % multiple) % multiple
-    if pad_bottom or pad_right:
+    # Symbolic sizes (torch.export / dynamic torch.compile) always pad: a branch on them
+    # would bake the traced size's choice into the graph, and a zero pad is a mere copy.
+    # Concrete sizes skip that copy when nothing is padded.
+    symbolic = not (isinstance(height, int) and isinstance(width, int))
+    if symbolic or pad_bottom or pad_right:
         x = F.pad(x, (0, 0, 0, pad_right, 0, pad_bottom))
     return x

@@ -9,7 +9,7 @@ from mmsparse.utils.checkpoint import check_state_dict_tensors
 
 
 def load_pretrained_weights(model, checkpoint, convert=None, is_official=None, check=None,
-                            prefix=None, strict=True, tolerated_keys=()):
+                            prefix=None, strict=True, tolerated_keys=(), before_copy=None):
     """Load ``checkpoint`` into ``model``, converting official keys, and report every mismatch.
 
     Args:
@@ -29,6 +29,10 @@ def load_pretrained_weights(model, checkpoint, convert=None, is_official=None, c
         tolerated_keys (Sequence[str]): regexes of keys allowed to be missing or
             unexpected, e.g. output norms absent from an ImageNet checkpoint.
             They are logged at INFO level.
+        before_copy (callable, optional): called with no argument once every check
+            has passed, right before the weights are copied: the backbone's random
+            init, so the keys the checkpoint lacks keep it and a refused checkpoint
+            changes nothing. Defaults to None.
 
     Raises:
         RuntimeError: with ``strict``, naming every offending key, before any
@@ -89,5 +93,7 @@ def load_pretrained_weights(model, checkpoint, convert=None, is_official=None, c
     if not loadable:
         raise RuntimeError(f'{name}: not a single tensor of checkpoint {checkpoint} fits the model; '
                            'is it a checkpoint of this backbone? ' + '; '.join(problems))
+    if before_copy is not None:
+        before_copy()
     model.load_state_dict(loadable, strict=False)
     print_log(f'{name}: loaded {len(loadable)}/{len(own)} tensors from {checkpoint}', logger='current')

@@ -1,7 +1,23 @@
-"""Bi-level routing attention (BiFormer, arXiv 2303.08810) as a functional op."""
+"""Bi-level routing attention (BiFormer, arXiv 2303.08810) as a functional op.
+
+The public function checks its arguments and calls the custom op
+``mmsparse::bi_level_routing_attention`` (schema: ``q, k, v, num_heads, n_win, topk,
+scale, backend`` with the backend already resolved to ``'torch'`` or ``'triton'``;
+returns ``(out, region_index)``), one node for ``torch.compile``, ``torch.jit.trace``
+and the FLOP counter. Routing runs inside the op.
+"""
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
 from .._checks import check_attention_tensors, check_positive_int, check_scale
-from .._dispatch import resolve_backend
-from .reference import bra_attention_reference, region_merge, region_partition, route_regions
+from .._dispatch import check_triton_device, inline_reference, recompute_gradients, resolve_backend
+from ..probe import record_call, register_probabilities
+from .reference import (bra_attention_reference, bra_probabilities_reference, region_merge, region_partition,
+                        route_regions, routed_key_index)
+
+OP = 'bi_level_routing_attention'
 
 
 def bi_level_routing_attention(q, k, v, num_heads, n_win, topk, scale=None,
@@ -29,19 +45,99 @@ def bi_level_routing_attention(q, k, v, num_heads, n_win, topk, scale=None,
         Tensor: (N, H, W, Cv), or ``(out, region_index)`` with ``return_routing``.
     """
     _check_inputs(q, k, v, num_heads, n_win, topk, scale)  # before routing touches q, k
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
-    region_index = route_regions(q, k, n_win, topk, scale)
-    if resolve_backend(backend, q, k, v) == 'triton':
-        from .triton_kernels import bra_attention_triton
-        out = bra_attention_triton(q, k, v, region_index, num_heads, n_win, scale)
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    record_call(OP, q=q, k=k, v=v, num_heads=num_heads, n_win=n_win, topk=topk, scale=scale,
+                return_routing=return_routing, backend=backend)
+    resolved = resolve_backend(backend, q, k, v)
+    if resolved == 'triton':  # here, since on meta tensors the custom op runs its fake
+        for name, t in (('q', q), ('k', k), ('v', v)):
+            check_triton_device(name, t)
+    if inline_reference():
+        out, region_index = _implementation(q, k, v, num_heads, n_win, topk, scale, resolved)
     else:
-        out = bra_attention_reference(q, k, v, region_index, num_heads, n_win, scale)
+        out, region_index = _bra_op(q, k, v, int(num_heads), int(n_win), int(topk), scale, resolved)
     return (out, region_index) if return_routing else out
 
 
+def _attention(q, k, v, region_index, num_heads, n_win, scale, backend):
+    """Token attention over the routed regions for a resolved backend."""
+    if backend == 'triton':
+        from .triton_kernels import bra_attention_triton
+        return bra_attention_triton(q, k, v, region_index, num_heads, n_win, scale)
+    return bra_attention_reference(q, k, v, region_index, num_heads, n_win, scale)
+
+
+def _implementation(q, k, v, num_heads, n_win, topk, scale, backend):
+    """Routing, then attention; module-level names, so tests can spy on them."""
+    region_index = route_regions(q, k, n_win, topk, scale)
+    return _attention(q, k, v, region_index, num_heads, n_win, scale, backend), region_index
+
+
+@torch.library.custom_op(f'mmsparse::{OP}', mutates_args=())
+def _bra_op(q: Tensor, k: Tensor, v: Tensor, num_heads: int, n_win: int, topk: int, scale: float,
+            backend: str) -> Tuple[Tensor, Tensor]:
+    out, region_index = _implementation(q, k, v, num_heads, n_win, topk, scale, backend)
+    # Contiguous, as the fake implementation promises.
+    return out.contiguous(), region_index.contiguous()
+
+
+@_bra_op.register_fake
+def _bra_fake(q, k, v, num_heads, n_win, topk, scale, backend):
+    return v.new_empty(v.shape), q.new_empty((q.shape[0], n_win * n_win, topk), dtype=torch.int64)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, num_heads, n_win, topk, scale, backend = inputs
+    ctx.save_for_backward(q, k, v, output[1])
+    ctx.bra = (num_heads, n_win, scale, backend)
+
+
+def _backward(ctx, grad_out, grad_region_index):
+    # The routing is a constant for autograd (detached region means, diff_routing=False).
+    q, k, v, region_index = ctx.saved_tensors
+    num_heads, n_win, scale, backend = ctx.bra
+    if backend == 'triton':
+        from .triton_kernels import bra_triton_backward
+        dq, dk, dv = bra_triton_backward(grad_out, q, k, v, region_index, num_heads, n_win, scale)
+    else:
+        dq, dk, dv = recompute_gradients(
+            lambda q, k, v: bra_attention_reference(q, k, v, region_index, num_heads, n_win, scale), (q, k, v),
+            grad_out)
+    return dq, dk, dv, None, None, None, None, None
+
+
+_bra_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_probabilities(OP)
+def bra_probabilities(queries, q, k, v, num_heads, n_win, topk, scale=None, return_routing=False, backend=None):
+    """Probe: the reference's softmax probabilities of ``queries`` over their routed keys.
+
+    Routing and probabilities come from the op's own functions (:func:`route_regions`,
+    :func:`bra_probabilities_reference`).
+
+    Args:
+        queries (Tensor): 1-D int64 flat row-major indices into the ``H x W`` map.
+        q, k, v, num_heads, n_win, topk, scale: the arguments the op recorded
+            (``v``, ``return_routing`` and ``backend`` do not change the probabilities).
+
+    Returns:
+        tuple[Tensor, Tensor]: ``probs`` (N, heads, Q, topk*h*w) and ``key_index``
+        (N, heads, Q, topk*h*w), the flat row-major index of each key in the map.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    width = q.shape[2]
+    h, w = q.shape[1] // n_win, width // n_win
+    region_index = route_regions(q, k, n_win, topk, scale)
+    probs, key_index = bra_probabilities_reference(q, k, region_index, num_heads, n_win, scale)
+    row, col = queries // width, queries % width
+    region, token = (row // h) * n_win + col // w, (row % h) * w + col % w
+    probs = probs.transpose(1, 2)[:, :, region, token]  # (N, heads, R, T, K) -> (N, heads, Q, K)
+    return probs, key_index[:, region].unsqueeze(1).expand(probs.shape)
+
+
 def _check_inputs(q, k, v, num_heads, n_win, topk, scale):
-    op = 'bi_level_routing_attention'
+    op = OP
     check_attention_tensors(op, {'q': q, 'k': k, 'v': v})
     check_positive_int(op, 'num_heads', num_heads)
     check_positive_int(op, 'n_win', n_win)
@@ -61,5 +157,5 @@ def _check_inputs(q, k, v, num_heads, n_win, topk, scale):
             raise ValueError(f'num_heads={num_heads} must divide {name}={channels}')
 
 
-__all__ = ['bi_level_routing_attention', 'bra_attention_reference', 'route_regions',
-           'region_partition', 'region_merge']
+__all__ = ['bi_level_routing_attention', 'bra_probabilities', 'bra_attention_reference',
+           'bra_probabilities_reference', 'route_regions', 'routed_key_index', 'region_partition', 'region_merge']

@@ -45,6 +45,75 @@ def route_regions(q, k, n_win, topk, scale):
     return torch.topk(logits, topk, dim=-1).indices
 
 
+def routed_key_index(region_index, n_win, height, width):
+    """Flat row-major ``H*W`` indices of the key tokens every query region attends to.
+
+    Args:
+        region_index (Tensor): (N, n_win**2, topk) int64 routed regions.
+        n_win (int): regions per side.
+        height, width (int): map size, divisible by ``n_win``.
+
+    Returns:
+        Tensor: (N, n_win**2, topk*h*w) int64: the tokens of the routed regions in routing
+        order, row-major inside each region (the key order of the attention).
+    """
+    h, w = height // n_win, width // n_win
+    device = region_index.device
+    region = torch.arange(n_win * n_win, device=device)
+    first = (region // n_win) * (h * width) + (region % n_win) * w
+    inside = (torch.arange(h, device=device)[:, None] * width + torch.arange(w, device=device)).flatten()
+    return (first[:, None] + inside)[region_index].flatten(-2)
+
+
+def _gather_tokens(x, key_index):
+    """(N, H, W, C) map, (N, R, K) flat indices -> (N, R, K, C) tokens."""
+    batch = torch.arange(x.shape[0], device=x.device).view(-1, 1, 1)
+    return x.flatten(1, 2)[batch, key_index]
+
+
+def _split_heads(t, num_heads):
+    """(N, R, T, C) -> (N, R, heads, T, C/heads); head ``m`` owns channel chunk ``m``."""
+    # Explicit head width: ``-1`` is ambiguous for an empty batch.
+    return t.reshape(*t.shape[:3], num_heads, t.shape[-1] // num_heads).transpose(2, 3)
+
+
+def _routed_probabilities(q, k_sel, num_heads, n_win, scale):
+    """Softmax attention of every query token over its region's routed keys.
+
+    Args:
+        q (Tensor): (N, H, W, Cqk).
+        k_sel (Tensor): (N, n_win**2, K, Cqk), the routed keys of every region
+            (:func:`_gather_tokens` at :func:`routed_key_index`).
+        num_heads (int): heads.
+        n_win (int): regions per side.
+        scale (float): logit scale.
+
+    Returns:
+        Tensor: (N, n_win**2, heads, h*w, K).
+    """
+    attn = _split_heads(region_partition(q, n_win), num_heads) @ _split_heads(k_sel, num_heads).transpose(-1, -2)
+    # The matmul output is a fresh tensor: scaling it in place spares a scaled copy of q.
+    return attn.mul_(scale).softmax(dim=-1)
+
+
+def bra_probabilities_reference(q, k, region_index, num_heads, n_win, scale):
+    """The attention probabilities of :func:`bra_attention_reference`, with their keys.
+
+    Args:
+        q, k (Tensor): (N, H, W, Cqk).
+        region_index (Tensor): (N, n_win**2, topk) int64 routed regions.
+        num_heads (int): heads.
+        n_win (int): regions per side.
+        scale (float): logit scale.
+
+    Returns:
+        tuple[Tensor, Tensor]: probabilities (N, n_win**2, heads, h*w, topk*h*w) and
+        the flat ``H*W`` key index (N, n_win**2, topk*h*w) of their last axis.
+    """
+    key_index = routed_key_index(region_index, n_win, *q.shape[1:3])
+    return _routed_probabilities(q, _gather_tokens(k, key_index), num_heads, n_win, scale), key_index
+
+
 def bra_attention_reference(q, k, v, region_index, num_heads, n_win, scale):
     """Token-to-token attention over the routed regions, per region and head.
 
@@ -61,19 +130,9 @@ def bra_attention_reference(q, k, v, region_index, num_heads, n_win, scale):
     """
     n, height, width, c_qk = q.shape
     c_v = v.shape[-1]
-    num_regions, topk = region_index.shape[1:]
-    q_r, k_r, v_r = (region_partition(t, n_win) for t in (q, k, v))
-    tokens = q_r.shape[2]
-
-    batch = torch.arange(n, device=q.device).view(n, 1, 1)
-    k_sel = k_r[batch, region_index].reshape(n, num_regions, topk * tokens, c_qk)
-    v_sel = v_r[batch, region_index].reshape(n, num_regions, topk * tokens, c_v)
-
-    def heads(t):
-        # Explicit head width: ``-1`` is ambiguous for an empty batch.
-        return t.reshape(*t.shape[:3], num_heads, t.shape[-1] // num_heads).transpose(2, 3)
-
-    attn = (heads(q_r) * scale) @ heads(k_sel).transpose(-1, -2)
-    out = attn.softmax(dim=-1) @ heads(v_sel)
-    out = out.transpose(2, 3).reshape(n, num_regions, tokens, c_v)
-    return region_merge(out, n_win, height, width)
+    # One gather for keys and values: they share the routed token index.
+    kv_sel = _gather_tokens(torch.cat((k, v), dim=-1), routed_key_index(region_index, n_win, height, width))
+    k_sel, v_sel = kv_sel.split((c_qk, c_v), dim=-1)
+    attn = _routed_probabilities(q, k_sel, num_heads, n_win, scale)
+    out = (attn @ _split_heads(v_sel, num_heads)).transpose(2, 3)
+    return region_merge(out.reshape(*out.shape[:3], c_v), n_win, height, width)

@@ -42,6 +42,7 @@ computes everything in float64 (Triton lowers fp64 ``tl.dot`` to DMMA on
 sm80/sm90 and to FMA elsewhere).
 """
 import math
+from typing import Tuple
 
 import torch
 import triton
@@ -431,28 +432,64 @@ def _validate(q, k, v, region_index, num_heads, n_win, scale):
         raise ValueError(f'scale={scale!r} must be a finite float')
 
 
+def _forward(q, k, v, region_index, num_heads, n_win, scale):
+    """Launch the forward kernel: ``(o, lse, geo, cfg, comp)``."""
+    geo = _geometry(q, v, region_index, num_heads, n_win)
+    cfg = _block_config(geo['tokens'], geo['n_keys'], geo['d_qk'], geo['d_v'], q.dtype)
+    comp = _compute_config(q.dtype, q.device)
+    scale_arg = _scale_arg(scale, q.dtype, q.device)
+    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+
+    o = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    # Base-2 log-sum-exp per (region, head, token) row: all backward needs to rebuild P.
+    lse = torch.empty((geo['n'] * geo['num_regions'], num_heads, geo['tokens']),
+                      dtype=acc_dtype, device=q.device)
+    grid = (geo['n'] * geo['num_regions'], num_heads, triton.cdiv(geo['tokens'], cfg['BLOCK_M']))
+    _bra_fwd_kernel[grid](
+        q, k, v, o, lse, region_index, scale_arg,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *region_index.stride(),
+        geo['num_regions'], n_win, geo['reg_h'], geo['reg_w'], geo['tokens'], geo['n_keys'],
+        num_heads, D_QK=geo['d_qk'], D_V=geo['d_v'], **cfg, **comp)
+    return o, lse, geo, cfg, comp
+
+
+def _backward(do, q, k, v, o, lse, region_index, num_heads, n_win, scale, geo, cfg, comp):
+    """Launch the backward kernels: ``(dq, dk, dv)`` in the input dtypes."""
+    scale_arg = _scale_arg(scale, q.dtype, q.device)
+    acc_dtype = lse.dtype
+    if do.dtype != o.dtype:
+        do = do.to(o.dtype)
+
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    delta = torch.empty_like(lse)
+    common = (geo['num_regions'], n_win, geo['reg_h'], geo['reg_w'], geo['tokens'], geo['n_keys'],
+              num_heads)
+    grid = (geo['n'] * geo['num_regions'], num_heads, triton.cdiv(geo['tokens'], cfg['BLOCK_M']))
+    _bra_bwd_dq_kernel[grid](
+        q, k, v, o, do, dq, lse, delta, region_index, scale_arg,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
+        *region_index.stride(), *common,
+        D_QK=geo['d_qk'], D_V=geo['d_v'], **cfg, **comp)
+
+    # Key tokens are reached from many query regions: accumulate in fp32/fp64 with atomics.
+    dk = torch.zeros(k.shape, dtype=acc_dtype, device=k.device)
+    dv = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)
+    num_kblocks = triton.cdiv(geo['n_keys'], cfg['BLOCK_N'])
+    grid = (geo['n'] * geo['num_regions'] * num_kblocks, num_heads)
+    _bra_bwd_dkdv_kernel[grid](
+        q, k, v, do, dk, dv, lse, delta, region_index, scale_arg,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+        *region_index.stride(), *common, num_kblocks,
+        D_QK=geo['d_qk'], D_V=geo['d_v'], **cfg, **comp)
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
 class _BRATritonFunction(torch.autograd.Function):
     """Fused BRA: forward saves (q, k, v, o, lse, region_index), backward recomputes P."""
 
     @staticmethod
     def forward(ctx, q, k, v, region_index, num_heads, n_win, scale):
-        geo = _geometry(q, v, region_index, num_heads, n_win)
-        cfg = _block_config(geo['tokens'], geo['n_keys'], geo['d_qk'], geo['d_v'], q.dtype)
-        comp = _compute_config(q.dtype, q.device)
-        scale_arg = _scale_arg(scale, q.dtype, q.device)
-        acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-
-        o = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-        # Base-2 log-sum-exp per (region, head, token) row: all backward needs to rebuild P.
-        lse = torch.empty((geo['n'] * geo['num_regions'], num_heads, geo['tokens']),
-                          dtype=acc_dtype, device=q.device)
-        grid = (geo['n'] * geo['num_regions'], num_heads, triton.cdiv(geo['tokens'], cfg['BLOCK_M']))
-        _bra_fwd_kernel[grid](
-            q, k, v, o, lse, region_index, scale_arg,
-            *q.stride(), *k.stride(), *v.stride(), *o.stride(), *region_index.stride(),
-            geo['num_regions'], n_win, geo['reg_h'], geo['reg_w'], geo['tokens'], geo['n_keys'],
-            num_heads, D_QK=geo['d_qk'], D_V=geo['d_v'], **cfg, **comp)
-
+        o, lse, geo, cfg, comp = _forward(q, k, v, region_index, num_heads, n_win, scale)
         ctx.save_for_backward(q, k, v, o, lse, region_index)
         ctx.bra = (num_heads, n_win, scale, geo, cfg, comp)
         return o
@@ -462,33 +499,35 @@ class _BRATritonFunction(torch.autograd.Function):
     def backward(ctx, do):
         q, k, v, o, lse, region_index = ctx.saved_tensors
         num_heads, n_win, scale, geo, cfg, comp = ctx.bra
-        scale_arg = _scale_arg(scale, q.dtype, q.device)
-        acc_dtype = lse.dtype
-        if do.dtype != o.dtype:
-            do = do.to(o.dtype)
+        grads = _backward(do, q, k, v, o, lse, region_index, num_heads, n_win, scale, geo, cfg, comp)
+        return grads + (None, ) * 4
 
-        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        delta = torch.empty_like(lse)
-        common = (geo['num_regions'], n_win, geo['reg_h'], geo['reg_w'], geo['tokens'], geo['n_keys'],
-                  num_heads)
-        grid = (geo['n'] * geo['num_regions'], num_heads, triton.cdiv(geo['tokens'], cfg['BLOCK_M']))
-        _bra_bwd_dq_kernel[grid](
-            q, k, v, o, do, dq, lse, delta, region_index, scale_arg,
-            *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
-            *region_index.stride(), *common,
-            D_QK=geo['d_qk'], D_V=geo['d_v'], **cfg, **comp)
 
-        # Key tokens are reached from many query regions: accumulate in fp32/fp64 with atomics.
-        dk = torch.zeros(k.shape, dtype=acc_dtype, device=k.device)
-        dv = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)
-        num_kblocks = triton.cdiv(geo['n_keys'], cfg['BLOCK_N'])
-        grid = (geo['n'] * geo['num_regions'] * num_kblocks, num_heads)
-        _bra_bwd_dkdv_kernel[grid](
-            q, k, v, do, dk, dv, lse, delta, region_index, scale_arg,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-            *region_index.stride(), *common, num_kblocks,
-            D_QK=geo['d_qk'], D_V=geo['d_v'], **cfg, **comp)
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
+@torch.library.custom_op('mmsparse::bi_level_routing_attention_triton_backward', mutates_args=())
+def bra_triton_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        region_index: torch.Tensor, num_heads: int, n_win: int,
+                        scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of the custom op ``mmsparse::bi_level_routing_attention`` on the triton backend.
+
+    A custom op of its own, so that AOTAutograd records it as one node instead of tracing
+    kernel launches on fake tensors. It reruns the forward kernel for the log-sum-exp (the
+    forward custom op returns only the output and the routing), then the backward kernels.
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor]: ``(dq, dk, dv)``, contiguous.
+    """
+    _validate(q, k, v, region_index, num_heads, n_win, scale)
+    if q.numel() == 0 or v.numel() == 0:
+        # Empty output: every gradient is zero (and Triton rejects empty grids).
+        return tuple(torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+    o, lse, geo, cfg, comp = _forward(q, k, v, region_index, num_heads, n_win, scale)
+    grads = _backward(do, q, k, v, o, lse, region_index, num_heads, n_win, scale, geo, cfg, comp)
+    return tuple(g.contiguous() for g in grads)
+
+
+@bra_triton_backward.register_fake
+def _bra_triton_backward_fake(do, q, k, v, region_index, num_heads, n_win, scale):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
 def bra_attention_triton(q, k, v, region_index, num_heads, n_win, scale):
@@ -526,4 +565,4 @@ def bra_attention_triton(q, k, v, region_index, num_heads, n_win, scale):
     return _BRATritonFunction.apply(q, k, v, region_index, num_heads, n_win, float(scale))
 
 
-__all__ = ['bra_attention_triton']
+__all__ = ['bra_attention_triton', 'bra_triton_backward']

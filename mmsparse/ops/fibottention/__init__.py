@@ -20,17 +20,29 @@ table drives the reference and the Triton kernels, and serves both layouts:
   columns separately (axial ``(+-dy, 0)`` and ``(0, +-dx)``). It avoids the
   wrap-around of 1-D offsets at row ends, at the price of degenerate sets on
   small grids (see ``configs/fibottention/README.md``).
+
+:func:`fibottention_attention` runs as the ``torch.library`` custom op
+``mmsparse::fibottention_attention(q, k, v, displacements, counts, index, valid,
+excluded, grid, scale, mode, with_cls, backend)`` (see :func:`_fib_op`), inline under ONNX
+export; it reports its calls to :mod:`mmsparse.ops.probe` and registers its probabilities
+(:func:`fibottention_probabilities`).
 """
 import math
 import random
 from functools import lru_cache
-from typing import NamedTuple
+from typing import List, Optional
 
 import torch
+from torch import Tensor
 
 from .._checks import check_attention_tensors, check_scale
-from .._dispatch import resolve_backend
-from .reference import fibottention_reference, neighbor_index
+from .._dispatch import (check_triton_device, inline_reference, recompute_gradients, resolve_backend,
+                         torch_algorithm)
+from ..probe import record_call, register_probabilities
+from .reference import (fibottention_dense, fibottention_gather, fibottention_probabilities_reference,
+                        fibottention_reference, neighbor_index)
+
+OP = 'fibottention_attention'
 
 PHI = (1 + math.sqrt(5)) / 2
 MODES = ('sparse', 'official')
@@ -38,8 +50,13 @@ SHUFFLES = ('per_layer', 'shared', 'none')
 LAYOUTS = ('1d', '2d')
 
 
-class FibPattern(NamedTuple):
+class FibPattern:
     """The kept keys of every head of one layer, independent of the data.
+
+    Compiled once, as FlexAttention's ``BlockMask``: the tensors the op derives from the
+    table (the neighbour index, and the dense exclusion mask of the dense torch
+    algorithm) are built on first use and cached on the pattern, one pattern per device
+    (:meth:`to` returns a cached copy), so a call builds no index or mask.
 
     Attributes:
         displacements (Tensor): (heads, K, 2) int32 signed ``(dy, dx)``; rows past
@@ -48,16 +65,54 @@ class FibPattern(NamedTuple):
         grid (tuple[int, int]): ``(gh, gw)``, the token grid the displacements act
             on; ``(1, N)`` for the 1-D layout.
     """
-    displacements: torch.Tensor
-    counts: torch.Tensor
-    grid: tuple
+
+    def __init__(self, displacements, counts, grid):
+        self.displacements = displacements
+        self.counts = counts
+        self.grid = tuple(int(s) for s in grid)
+        self._compiled = {}
 
     @property
     def num_heads(self):
         return self.displacements.shape[0]
 
+    @property
+    def device(self):
+        return self.displacements.device
+
+    def _cached(self, key, build):
+        if key not in self._compiled:
+            self._compiled[key] = build()
+        return self._compiled[key]
+
     def to(self, device):
-        return FibPattern(self.displacements.to(device), self.counts.to(device), self.grid)
+        """This pattern on ``device`` (itself if it is there; built once per device)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        return self._cached(('to', device), lambda: FibPattern(self.displacements.to(device),
+                                                               self.counts.to(device), self.grid))
+
+    def neighbours(self):
+        """``(index, valid)`` (heads, N, K) of :func:`neighbor_index` on the pattern's device (cached)."""
+        return self._cached('neighbours', lambda: neighbor_index(self))
+
+    def dense_exclusion(self, mode, with_cls):
+        """(heads, T, T) bool, True = masked out, for :func:`fibottention_dense` (cached).
+
+        In sparse mode a row with no kept key (possible without CLS) is left unmasked so
+        that its softmax and gradients stay finite; the dense algorithm zeroes its output.
+        """
+        def build():
+            kept = fibottention_mask(self, with_cls)
+            excluded = ~kept
+            return excluded & kept.any(-1, keepdim=True) if mode == 'sparse' else excluded
+
+        return self._cached(('dense_exclusion', mode, bool(with_cls)), build)
+
+    def __repr__(self):
+        return (f'FibPattern(grid={self.grid}, num_heads={self.num_heads}, '
+                f'max_displacements={self.displacements.shape[1]}, device={self.device})')
 
 
 def head_permutation(num_heads, seed):
@@ -172,23 +227,29 @@ def fibottention_mask(pattern, with_cls=True):
         with_cls (bool): prepend the CLS row and column.
 
     Returns:
-        Tensor: (heads, T, T) bool with ``T = N + with_cls``; True = kept. The CLS
-        row and column (index 0) are all True.
+        Tensor: (heads, T, T) bool on the pattern's device with ``T = N + with_cls``;
+        True = kept. The CLS row and column (index 0) are all True.
     """
-    index, valid = neighbor_index(pattern)
+    index, valid = pattern.neighbours()
     heads, n, _ = index.shape
-    patch = torch.zeros(heads, n, n, dtype=torch.bool)
+    patch = torch.zeros(heads, n, n, dtype=torch.bool, device=index.device)
     h, r, slot = valid.nonzero(as_tuple=True)
     patch[h, r, index[h, r, slot]] = True
     if not with_cls:
         return patch
-    mask = torch.ones(heads, n + 1, n + 1, dtype=torch.bool)
+    mask = torch.ones(heads, n + 1, n + 1, dtype=torch.bool, device=index.device)
     mask[:, 1:, 1:] = patch
     return mask
 
 
 def fibottention_attention(q, k, v, pattern, scale=None, mode='sparse', with_cls=True, backend=None):
     """Fibottention: per-head sparse attention over the pattern's kept keys.
+
+    Runs as the custom op ``mmsparse::fibottention_attention`` (see :func:`_fib_op` for
+    its schema), or inline under ONNX export (the torch algorithm). The torch backend
+    has two exact algorithms, chosen by
+    :func:`mmsparse.ops._dispatch.torch_algorithm` on ``T``: the dense masked
+    computation for short sequences, the gather of the kept keys from there on.
 
     Args:
         q, k, v (Tensor): (B, heads, T, D) float with ``T = N + with_cls`` tokens
@@ -206,15 +267,118 @@ def fibottention_attention(q, k, v, pattern, scale=None, mode='sparse', with_cls
             :func:`mmsparse.ops._dispatch.resolve_backend`.
 
     Returns:
-        Tensor: (B, heads, T, D), dtype of ``v``.
+        Tensor: (B, heads, T, D) contiguous, dtype of ``v``.
     """
     _check_inputs(q, k, v, pattern, mode, with_cls, scale)
-    if scale is None:
-        scale = q.shape[-1]**-0.5
-    if resolve_backend(backend, q, k, v) == 'triton':
-        from .triton_kernels import fibottention_triton
-        return fibottention_triton(q, k, v, pattern, scale, mode, with_cls)
-    return fibottention_reference(q, k, v, pattern, scale, mode, with_cls)
+    scale = float(q.shape[-1]**-0.5 if scale is None else scale)
+    record_call(OP, q=q, k=k, v=v, pattern=pattern, scale=scale, mode=mode, with_cls=with_cls, backend=backend)
+    resolved = resolve_backend(backend, q, k, v)
+    if inline_reference():
+        resolved = 'torch'
+    if resolved == 'triton':   # before the custom op, whose meta tensors would reach the fake
+        for name, t in (('q', q), ('k', k), ('v', v)):
+            check_triton_device(name, t)
+    pattern = pattern.to(q.device)
+    index, valid = pattern.neighbours()
+    excluded = None
+    if resolved == 'torch' and torch_algorithm(OP, q.shape[2]) == 'dense':
+        excluded = pattern.dense_exclusion(mode, with_cls)
+    args = (q, k, v, pattern.displacements, pattern.counts, index, valid, excluded, list(pattern.grid), scale,
+            mode, bool(with_cls), resolved)
+    return _implementation(*args) if inline_reference() else _fib_op(*args)
+
+
+def _implementation(q, k, v, displacements, counts, index, valid, excluded, grid, scale, mode, with_cls,
+                    backend):
+    """The op for a resolved backend; module-level names, so tests can spy on them."""
+    if backend == 'triton':
+        from . import triton_kernels
+        return triton_kernels.fibottention_triton(q, k, v, FibPattern(displacements, counts, grid), scale, mode,
+                                                  with_cls)
+    if excluded is not None:
+        return fibottention_dense(q, k, v, excluded, valid, scale, mode, with_cls)
+    return fibottention_gather(q, k, v, index, valid, scale, mode, with_cls)
+
+
+@torch.library.custom_op(f'mmsparse::{OP}', mutates_args=())
+def _fib_op(q: Tensor, k: Tensor, v: Tensor, displacements: Tensor, counts: Tensor, index: Tensor,
+            valid: Tensor, excluded: Optional[Tensor], grid: List[int], scale: float, mode: str,
+            with_cls: bool, backend: str) -> Tensor:
+    """``mmsparse::fibottention_attention``: q, k, v first, then the compiled pattern.
+
+    Args:
+        q, k, v (Tensor): (B, heads, T, D).
+        displacements, counts (Tensor): the :class:`FibPattern` table.
+        index, valid (Tensor): (heads, N, K) its :meth:`FibPattern.neighbours`; ``valid``
+            holds the kept (query, key) patch pairs (their number is ``valid.sum()``).
+        excluded (Tensor, optional): (heads, T, T) :meth:`FibPattern.dense_exclusion`
+            when the torch backend runs the dense algorithm, else None.
+        grid (list[int]): the pattern grid.
+        scale (float): resolved logit scale.
+        mode (str), with_cls (bool): as :func:`fibottention_attention`.
+        backend (str): resolved, ``'torch'`` or ``'triton'``.
+    """
+    # Contiguous, as the fake implementation promises.
+    return _implementation(q, k, v, displacements, counts, index, valid, excluded, grid, scale, mode, with_cls,
+                           backend).contiguous()
+
+
+@_fib_op.register_fake
+def _fib_fake(q, k, v, displacements, counts, index, valid, excluded, grid, scale, mode, with_cls, backend):
+    return v.new_empty(q.shape)
+
+
+@torch.library.custom_op(f'mmsparse::{OP}_backward', mutates_args=())
+def _fib_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, displacements: Tensor, counts: Tensor,
+                     grid: List[int], scale: float, mode: str, with_cls: bool) -> List[Tensor]:
+    """Gradients of q, k, v on the Triton backend: the forward kernels rerun, then the backward kernels.
+
+    An op of its own, because AOTAutograd traces the backward with fake tensors, which
+    Triton launches cannot take.
+    """
+    from . import triton_kernels
+    return list(triton_kernels.fibottention_triton_backward(grad, q, k, v, FibPattern(displacements, counts, grid),
+                                                            scale, mode, with_cls))
+
+
+@_fib_backward_op.register_fake
+def _fib_backward_fake(grad, q, k, v, displacements, counts, grid, scale, mode, with_cls):
+    return [q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:8])   # q, k, v and the pattern tensors (excluded may be None)
+    ctx.rest = inputs[8:]
+
+
+def _backward(ctx, grad):
+    q, k, v, *tensors = ctx.saved_tensors
+    rest = (*tensors, *ctx.rest)
+    displacements, counts, _, _, _, grid, scale, mode, with_cls, backend = rest
+    if backend == 'triton':
+        grads = _fib_backward_op(grad, q, k, v, displacements, counts, grid, scale, mode, with_cls)
+    else:   # plain aten ops: recompute and differentiate, traceable by AOTAutograd
+        grads = recompute_gradients(lambda q, k, v: _implementation(q, k, v, *rest), (q, k, v), grad)
+    return (*grads, *(None for _ in rest))
+
+
+_fib_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_probabilities(OP)
+def fibottention_probabilities(queries, q, k, v, pattern, scale, mode='sparse', with_cls=True, backend=None):
+    """Probe: the reference's softmax probabilities of ``queries`` over their keys.
+
+    Args:
+        queries (Tensor): 1-D int64 token indices into the ``T`` tokens (CLS = 0).
+        q, k, v, pattern, scale, mode, with_cls: the arguments the op recorded (``v``
+            and ``backend`` do not change the probabilities).
+
+    Returns:
+        tuple[Tensor, Tensor]: see :func:`~.reference.fibottention_probabilities_reference`.
+    """
+    index, valid = pattern.to(q.device).neighbours()
+    return fibottention_probabilities_reference(queries, q, k, index, valid, scale, mode, with_cls)
 
 
 def _check_choice(name, value, allowed):
@@ -242,5 +406,6 @@ def _check_inputs(q, k, v, pattern, mode, with_cls, scale):
 
 
 __all__ = ['fibottention_attention', 'fibottention_pattern', 'fibonacci_offsets', 'head_permutation',
-           'fibottention_mask', 'neighbor_index', 'fibottention_reference', 'FibPattern', 'MODES',
+           'fibottention_mask', 'neighbor_index', 'fibottention_reference', 'fibottention_gather',
+           'fibottention_dense', 'fibottention_probabilities', 'FibPattern', 'MODES',
            'SHUFFLES', 'LAYOUTS']

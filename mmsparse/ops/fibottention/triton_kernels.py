@@ -5,9 +5,11 @@ Same semantics as :func:`mmsparse.ops.fibottention.reference.fibottention_refere
 work proportional to the number of KEPT entries: every patch query visits the
 CLS key and its ``K`` pattern neighbours (gathered through the displacement
 table, no mask is built), every patch key visits the CLS query and the
-queries that keep it, and only the CLS row and column are dense. Forward saves
-the per-row log-sum-exp (LSE) and the weight of one masked entry (``p0``,
-official mode); backward recomputes the probabilities from them.
+queries that keep it, and only the CLS row and column are dense. The forward
+kernels also write the per-row log-sum-exp (LSE) and the weight of one masked
+entry (``p0``, official mode); the backward kernels recompute the probabilities
+from them. The custom op keeps only q, k, v for backward, so
+:func:`fibottention_triton_backward` reruns the forward kernels first.
 
 Official (zero-logit) mode uses the V-sum rewrite: with ``V = sum_j v_j`` per
 (batch, head), ``O_i = (sum_kept e_ij v_j + e0_i (V - sum_kept v_j)) / Z_i`` and
@@ -334,66 +336,70 @@ def _validate(q, k, v, pattern):
             raise ValueError(f'{name}.device={t.device} must equal q.device={q.device}')
 
 
-class _FibottentionFunction(torch.autograd.Function):
-    """Fused Fibottention: forward saves (q, k, v, o, lse, p0), backward recomputes P."""
+def _forward(q, k, v, displacements, counts, grid, scale, official, with_cls):
+    """Forward kernels: O, and the per-row LSE and p0 the backward kernels recompute P from."""
+    bsz, heads, n_tokens, d = q.shape
+    n_patch = n_tokens - int(with_cls)
+    cfg = _launch_config(n_patch, d, q.dtype)
+    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scale_t = torch.tensor([scale], dtype=acc_dtype, device=q.device)
+    o = torch.empty(q.shape, dtype=v.dtype, device=q.device)
+    lse = torch.empty((bsz, heads, n_tokens), dtype=acc_dtype, device=q.device)
+    p0 = torch.empty_like(lse)
+    vsum = v.sum(2, dtype=acc_dtype).contiguous() if official else lse
+    geo = (heads, n_tokens, n_patch, grid[0], grid[1], displacements.shape[1])
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
+    if n_patch:
+        _fwd_patch[(bsz * heads, triton.cdiv(n_patch, cfg['BLOCK']))](
+            q, k, v, vsum, o, lse, p0, displacements, counts, scale_t, *strides, *geo,
+            HAS_CLS=int(with_cls), OFFICIAL=official, D=d, **cfg)
+    if with_cls:
+        _fwd_cls[(bsz * heads, )](
+            q, k, v, o, lse, p0, scale_t, *q.stride()[:2], *k.stride()[:3], *v.stride()[:3],
+            heads, n_tokens, D=d, **cfg)
+    return o, lse, p0, scale_t, cfg
 
-    @staticmethod
-    def forward(ctx, q, k, v, displacements, counts, grid, scale, official, with_cls):
-        bsz, heads, n_tokens, d = q.shape
-        n_patch = n_tokens - int(with_cls)
-        cfg = _launch_config(n_patch, d, q.dtype)
-        acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        scale_t = torch.tensor([scale], dtype=acc_dtype, device=q.device)
-        o = torch.empty(q.shape, dtype=v.dtype, device=q.device)
-        lse = torch.empty((bsz, heads, n_tokens), dtype=acc_dtype, device=q.device)
-        p0 = torch.empty_like(lse)
-        vsum = v.sum(2, dtype=acc_dtype).contiguous() if official else lse
-        geo = (heads, n_tokens, n_patch, grid[0], grid[1], displacements.shape[1])
-        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
-        if n_patch:
-            _fwd_patch[(bsz * heads, triton.cdiv(n_patch, cfg['BLOCK']))](
-                q, k, v, vsum, o, lse, p0, displacements, counts, scale_t, *strides, *geo,
-                HAS_CLS=int(with_cls), OFFICIAL=official, D=d, **cfg)
-        if with_cls:
-            _fwd_cls[(bsz * heads, )](
-                q, k, v, o, lse, p0, scale_t, *q.stride()[:2], *k.stride()[:3], *v.stride()[:3],
-                heads, n_tokens, D=d, **cfg)
-        ctx.save_for_backward(q, k, v, o, lse, p0, displacements, counts, scale_t)
-        ctx.fib = (grid, official, with_cls, cfg)
-        return o
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, do):
-        q, k, v, o, lse, p0, displacements, counts, scale_t = ctx.saved_tensors
-        grid, official, with_cls, cfg = ctx.fib
-        bsz, heads, n_tokens, d = q.shape
-        n_patch = n_tokens - int(with_cls)
-        if do.stride(-1) != 1 or do.dtype != o.dtype:
-            do = do.contiguous().to(o.dtype)
-        delta = (do.to(lse.dtype) * o.to(lse.dtype)).sum(-1)   # rowsum(dO * O), full O
-        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        dk = torch.zeros(q.shape, dtype=lse.dtype, device=q.device)
-        dv = torch.zeros(q.shape, dtype=lse.dtype, device=q.device)
-        geo = (heads, n_tokens, n_patch, grid[0], grid[1], displacements.shape[1])
-        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
-        if n_patch:
-            blocks = (bsz * heads, triton.cdiv(n_patch, cfg['BLOCK']))
-            _bwd_dq_patch[blocks](q, k, v, do, dq, dk, dv, lse, delta, p0, displacements, counts,
-                                  scale_t, *strides, *geo, HAS_CLS=int(with_cls), D=d, **cfg)
-            _bwd_dkdv_patch[blocks](q, k, v, do, dk, dv, lse, delta, p0, displacements, counts,
-                                    scale_t, *strides, *geo, HAS_CLS=int(with_cls), D=d, **cfg)
-        if with_cls:
-            _bwd_dq_cls[(bsz * heads, )](
-                q, k, v, do, dq, dk, dv, lse, delta, scale_t, *q.stride()[:2], *k.stride()[:3],
-                *v.stride()[:3], *do.stride()[:2], heads, n_tokens, D=d, **cfg)
-        if official:   # every v_j also feeds the uniform part of every row: G0
-            dv += torch.einsum('bht,bhtd->bhd', p0, do.to(lse.dtype))[:, :, None]
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None
+def _backward(do, q, k, v, o, lse, p0, scale_t, cfg, displacements, counts, grid, official, with_cls):
+    """Backward kernels: dq, dk, dv from the forward's O, LSE and p0."""
+    bsz, heads, n_tokens, d = q.shape
+    n_patch = n_tokens - int(with_cls)
+    if do.stride(-1) != 1 or do.dtype != o.dtype:
+        do = do.contiguous().to(o.dtype)
+    delta = (do.to(lse.dtype) * o.to(lse.dtype)).sum(-1)   # rowsum(dO * O), full O
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.zeros(q.shape, dtype=lse.dtype, device=q.device)
+    dv = torch.zeros(q.shape, dtype=lse.dtype, device=q.device)
+    geo = (heads, n_tokens, n_patch, grid[0], grid[1], displacements.shape[1])
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
+    if n_patch:
+        blocks = (bsz * heads, triton.cdiv(n_patch, cfg['BLOCK']))
+        _bwd_dq_patch[blocks](q, k, v, do, dq, dk, dv, lse, delta, p0, displacements, counts,
+                              scale_t, *strides, *geo, HAS_CLS=int(with_cls), D=d, **cfg)
+        _bwd_dkdv_patch[blocks](q, k, v, do, dk, dv, lse, delta, p0, displacements, counts,
+                                scale_t, *strides, *geo, HAS_CLS=int(with_cls), D=d, **cfg)
+    if with_cls:
+        _bwd_dq_cls[(bsz * heads, )](
+            q, k, v, do, dq, dk, dv, lse, delta, scale_t, *q.stride()[:2], *k.stride()[:3],
+            *v.stride()[:3], *do.stride()[:2], heads, n_tokens, D=d, **cfg)
+    if official:   # every v_j also feeds the uniform part of every row: G0
+        dv += torch.einsum('bht,bhtd->bhd', p0, do.to(lse.dtype))[:, :, None]
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _prepare(q, k, v, pattern):
+    """Checks, unit stride on the head dim (copying only the inputs that lack it), the table on q's device."""
+    _validate(q, k, v, pattern)
+    q, k, v = (t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous() for t in (q, k, v))
+    pattern = pattern.to(q.device)
+    return q, k, v, (pattern.displacements.contiguous(), pattern.counts.contiguous(), pattern.grid)
 
 
 def fibottention_triton(q, k, v, pattern, scale, mode='sparse', with_cls=True):
-    """Fibottention with fused Triton kernels; drop-in for the reference.
+    """Fibottention forward with fused Triton kernels; drop-in for the reference's forward.
+
+    Not differentiable itself: the custom op ``mmsparse::fibottention_attention``
+    provides autograd, through :func:`fibottention_triton_backward`.
 
     Args:
         q, k, v (Tensor): (B, heads, T, D) float16/bfloat16/float32/float64, any
@@ -405,18 +411,33 @@ def fibottention_triton(q, k, v, pattern, scale, mode='sparse', with_cls=True):
         with_cls (bool): token 0 is CLS.
 
     Returns:
-        Tensor: (B, heads, T, D) contiguous, dtype of ``v``; differentiable w.r.t.
-        q, k, v (first order).
+        Tensor: (B, heads, T, D) contiguous, dtype of ``v``.
     """
-    _validate(q, k, v, pattern)
-    # The kernels address the head dim with unit stride; copy only the inputs that lack it.
-    q, k, v = (t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous() for t in (q, k, v))
+    q, k, v, table = _prepare(q, k, v, pattern)
     if q.numel() == 0:
         return fibottention_reference(q, k, v, pattern, scale, mode, with_cls)
-    pattern = pattern.to(q.device)
-    return _FibottentionFunction.apply(q, k, v, pattern.displacements.contiguous(),
-                                       pattern.counts.contiguous(), pattern.grid, float(scale),
-                                       mode == 'official', with_cls)
+    return _forward(q, k, v, *table, float(scale), mode == 'official', with_cls)[0]
 
 
-__all__ = ['fibottention_triton']
+def fibottention_triton_backward(grad, q, k, v, pattern, scale, mode='sparse', with_cls=True):
+    """dq, dk, dv of :func:`fibottention_triton` for the output gradient ``grad``.
+
+    The forward kernels rerun for the per-row LSE and p0, then the backward kernels:
+    work proportional to the kept entries, no autograd graph.
+
+    Args:
+        grad (Tensor): (B, heads, T, D) gradient of the output.
+        q, k, v, pattern, scale, mode, with_cls: as :func:`fibottention_triton`.
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor]: gradients of q, k, v, in their dtypes.
+    """
+    q, k, v, table = _prepare(q, k, v, pattern)
+    if q.numel() == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    official = mode == 'official'
+    o, lse, p0, scale_t, cfg = _forward(q, k, v, *table, float(scale), official, with_cls)
+    return _backward(grad, q, k, v, o, lse, p0, scale_t, cfg, *table, official, with_cls)
+
+
+__all__ = ['fibottention_triton', 'fibottention_triton_backward']

@@ -15,19 +15,32 @@ path, which for H-MHSA is ``F.scaled_dot_product_attention`` (fused FlashAttenti
 memory-efficient kernels on CUDA; it also runs on CPU); ``'auto'`` takes the fast
 path for CUDA tensors and the reference elsewhere. No Triton kernel is involved:
 both attention steps are dense attention over small key sets, which SDPA serves.
+
+Each step is a ``torch.library`` custom op (``mmsparse::grid_attention``,
+``mmsparse::global_attention``, ``mmsparse::cell_average_pool``): one node for
+``torch.compile``, ``torch.jit.trace`` and the FLOP counter, with q, k, v (or x) first,
+then the ints, the resolved scale and backend; backward reruns the implementation and
+differentiates it. Under ONNX export the reference runs inline. The attention steps
+report their calls to :mod:`mmsparse.ops.probe` and register their probabilities.
 """
+import math
+
+import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .._checks import check_attention_tensors, check_positive_int, check_scale
-from .._dispatch import resolve_backend
-from .reference import (attention_reference, merge_heads, split_heads, window_key_mask,
-                        window_merge, window_partition)
+from .._dispatch import inline_reference, recompute_gradients, resolve_backend
+from ..probe import record_call, register_probabilities
+from .reference import (attention_probabilities, attention_reference, merge_heads,
+                        split_heads, window_key_mask, window_merge, window_partition,
+                        window_validity)
 from .sdpa import attention_sdpa
 
 
-def _attention_core(backend, *tensors):
-    fast = resolve_backend(backend, *tensors, needs_triton=False) == 'triton'
-    return attention_sdpa if fast else attention_reference
+def _attention_core(backend):
+    """The attention of a resolved backend; looked up at call time, so tests can spy on it."""
+    return attention_sdpa if backend == 'triton' else attention_reference
 
 
 def _check_maps(op, name_to_map, num_heads, scale):
@@ -47,6 +60,12 @@ def _check_positive_int(name, value):
         raise ValueError(f'{name}={value!r} must be a positive int')
 
 
+def _resolve(backend, q, k, v):
+    """The implementation's backend: the reference inline under ONNX export, else as resolved."""
+    resolved = resolve_backend(backend, q, k, v, needs_triton=False)
+    return 'torch' if inline_reference() else resolved
+
+
 def grid_attention(q, k, v, num_heads, grid_size, scale=None, backend=None):
     """Local multi-head attention inside non-overlapping ``G x G`` windows (the H-MHSA local step).
 
@@ -58,6 +77,9 @@ def grid_attention(q, k, v, num_heads, grid_size, scale=None, backend=None):
     divides both sides. Every window contains its top-left (valid) token, so no
     softmax row is empty.
 
+    Runs as the custom op ``mmsparse::grid_attention(q, k, v, num_heads, grid_size, scale,
+    backend)`` (scale and backend resolved), or inline under ONNX export.
+
     Args:
         q, k, v (Tensor): (B, C, H, W), channels head-major.
         num_heads (int): heads; must divide C.
@@ -66,23 +88,46 @@ def grid_attention(q, k, v, num_heads, grid_size, scale=None, backend=None):
         backend (str, optional): ``'auto'``, ``'torch'`` or ``'triton'`` (SDPA).
 
     Returns:
-        Tensor: (B, C, H, W).
+        Tensor: (B, C, H, W) contiguous.
     """
     _check_maps('grid_attention', {'q': q, 'k': k, 'v': v}, num_heads, scale)
     if not q.shape == k.shape == v.shape:
         raise ValueError(f'q, k, v must have the same shape; got {tuple(q.shape)}, '
                          f'{tuple(k.shape)}, {tuple(v.shape)}')
     _check_positive_int('grid_size', grid_size)
-    b, c, h, w = q.shape
-    scale = (c // num_heads)**-0.5 if scale is None else scale
-    attend = _attention_core(backend, q, k, v)
-    mask = window_key_mask(b, h, w, grid_size, q.device)
-    out = attend(*(window_partition(t, num_heads, grid_size) for t in (q, k, v)), scale, mask)
-    return window_merge(out, b, h, w, grid_size)
+    scale = float((q.shape[1] // num_heads)**-0.5 if scale is None else scale)
+    record_call('grid_attention', q=q, k=k, v=v, num_heads=num_heads, grid_size=grid_size, scale=scale,
+                backend=backend)
+    resolved = _resolve(backend, q, k, v)
+    if inline_reference():
+        return _grid_implementation(q, k, v, num_heads, grid_size, scale, resolved)
+    return _grid_op(q, k, v, int(num_heads), int(grid_size), scale, resolved)
+
+
+def _grid_implementation(q, k, v, num_heads, grid_size, scale, backend):
+    b, _, h, w = q.shape
+    windows = window_partition(torch.stack((q, k, v)), num_heads, grid_size)
+    out = _attention_core(backend)(*windows.unbind(0), scale, window_key_mask(b, h, w, grid_size, q.device))
+    # Contiguous, as the fake implementation promises (the crop of padded maps is not).
+    return window_merge(out, b, h, w, grid_size).contiguous()
+
+
+@torch.library.custom_op('mmsparse::grid_attention', mutates_args=())
+def _grid_op(q: Tensor, k: Tensor, v: Tensor, num_heads: int, grid_size: int, scale: float,
+             backend: str) -> Tensor:
+    return _grid_implementation(q, k, v, num_heads, grid_size, scale, backend)
+
+
+@_grid_op.register_fake
+def _grid_fake(q, k, v, num_heads, grid_size, scale, backend):
+    return q.new_empty(q.shape)
 
 
 def global_attention(q, k, v, num_heads, scale=None, backend=None):
     """Every query token against every key token (the H-MHSA global step; plain MHSA).
+
+    Runs as the custom op ``mmsparse::global_attention(q, k, v, num_heads, scale, backend)``
+    (scale and backend resolved), or inline under ONNX export.
 
     Args:
         q (Tensor): (B, C, H, W) queries.
@@ -93,17 +138,99 @@ def global_attention(q, k, v, num_heads, scale=None, backend=None):
         backend (str, optional): ``'auto'``, ``'torch'`` or ``'triton'`` (SDPA).
 
     Returns:
-        Tensor: (B, C, H, W).
+        Tensor: (B, C, H, W) contiguous.
     """
     _check_maps('global_attention', {'q': q, 'k': k, 'v': v}, num_heads, scale)
     if k.shape != v.shape or k.shape[:2] != q.shape[:2]:
         raise ValueError(f'k and v must have the same shape and share (B, C) with q; got q '
                          f'{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}')
-    h, w = q.shape[2:]
-    scale = (q.shape[1] // num_heads)**-0.5 if scale is None else scale
-    attend = _attention_core(backend, q, k, v)
-    out = attend(*(split_heads(t, num_heads) for t in (q, k, v)), scale)
-    return merge_heads(out, h, w)
+    scale = float((q.shape[1] // num_heads)**-0.5 if scale is None else scale)
+    record_call('global_attention', q=q, k=k, v=v, num_heads=num_heads, scale=scale, backend=backend)
+    resolved = _resolve(backend, q, k, v)
+    if inline_reference():
+        return _global_implementation(q, k, v, num_heads, scale, resolved)
+    return _global_op(q, k, v, int(num_heads), scale, resolved)
+
+
+def _global_implementation(q, k, v, num_heads, scale, backend):
+    out = _attention_core(backend)(*(split_heads(t, num_heads) for t in (q, k, v)), scale)
+    return merge_heads(out, *q.shape[2:]).contiguous()
+
+
+@torch.library.custom_op('mmsparse::global_attention', mutates_args=())
+def _global_op(q: Tensor, k: Tensor, v: Tensor, num_heads: int, scale: float, backend: str) -> Tensor:
+    return _global_implementation(q, k, v, num_heads, scale, backend)
+
+
+@_global_op.register_fake
+def _global_fake(q, k, v, num_heads, scale, backend):
+    return q.new_empty(q.shape)
+
+
+def _register_recomputed_autograd(op, implementation):
+    """Backward of ``op(q, k, v, *rest)``: rerun ``implementation`` (plain aten ops) and differentiate."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:3])
+        ctx.rest = inputs[3:]
+
+    def backward(ctx, grad):
+        grads = recompute_gradients(lambda q, k, v: implementation(q, k, v, *ctx.rest), ctx.saved_tensors, grad)
+        return (*grads, *(None for _ in ctx.rest))
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+_register_recomputed_autograd(_grid_op, _grid_implementation)
+_register_recomputed_autograd(_global_op, _global_implementation)
+
+
+@register_probabilities('grid_attention')
+def grid_attention_probabilities(queries, q, k, v, num_heads, grid_size, scale, backend=None):
+    """Probe: the reference's softmax probabilities of ``queries`` over the keys of their window.
+
+    Args:
+        queries (Tensor): 1-D int64 flat row-major indices into the ``H x W`` map.
+        q, k, v, num_heads, grid_size, scale: the arguments the op recorded (``v`` and
+            ``backend`` do not change the probabilities).
+
+    Returns:
+        tuple[Tensor, Tensor]: ``probs`` (B, heads, Q, G*G) and ``key_index`` (B, heads,
+        Q, G*G), the flat row-major index of each key in the map; -1 (probability 0) for
+        the padding of border windows.
+    """
+    b, c, h, w = q.shape
+    g, n_w = grid_size, math.ceil(w / grid_size)
+    y, x = queries // w, queries % w
+    window, row = (y // g) * n_w + x // g, (y % g) * g + x % g
+    # Only the windows of the queries: (B, heads, Q, G*G, d) keys, (B, heads, Q, 1, d) queries.
+    q_win, k_win = (t.reshape(b, -1, num_heads, g * g, c // num_heads).transpose(1, 2)[:, :, window]
+                    for t in window_partition(torch.stack((q, k)), num_heads, g).unbind(0))
+    q_row = q_win[:, :, torch.arange(len(queries), device=q.device), row].unsqueeze(-2)
+    validity = window_validity(h, w, g, q.device)
+    key_mask = None if validity is None else validity.reshape(-1, 1, g * g)[window]
+    probs = attention_probabilities(q_row, k_win, scale, key_mask).squeeze(-2)
+    slot = torch.arange(g * g, device=q.device)
+    ky, kx = (window // n_w)[:, None] * g + slot // g, (window % n_w)[:, None] * g + slot % g
+    key_index = torch.where((ky < h) & (kx < w), ky * w + kx, -1)
+    return probs, key_index.expand(probs.shape)
+
+
+@register_probabilities('global_attention')
+def global_attention_probabilities(queries, q, k, v, num_heads, scale, backend=None):
+    """Probe: the reference's softmax probabilities of ``queries`` over all (pooled) key cells.
+
+    Args:
+        queries (Tensor): 1-D int64 flat row-major indices into the ``H x W`` query map.
+        q, k, v, num_heads, scale: the arguments the op recorded (``v`` and ``backend``
+            do not change the probabilities).
+
+    Returns:
+        tuple[Tensor, Tensor]: ``probs`` (B, heads, Q, Hk*Wk) and ``key_index``, the flat
+        row-major index of each cell in the ``Hk x Wk`` key map.
+    """
+    probs = attention_probabilities(split_heads(q, num_heads)[:, :, queries], split_heads(k, num_heads), scale)
+    return probs, torch.arange(probs.shape[-1], device=q.device).expand(probs.shape)
 
 
 def cell_average_pool(x, ratio):
@@ -112,7 +239,9 @@ def cell_average_pool(x, ratio):
     Cell ``(i, j)`` covers rows ``[i*r, min(i*r+r, H))`` and columns
     ``[j*r, min(j*r+r, W))`` and is divided by its clipped size, i.e. padded
     positions never enter the mean. Equals ``AvgPool2d(r, r)`` (the official
-    merge step) when ``r`` divides both sides.
+    merge step) when ``r`` divides both sides. Runs as the custom op
+    ``mmsparse::cell_average_pool(x, ratio)`` (inline under ONNX export); ``ratio=1``
+    returns ``x`` itself.
 
     Args:
         x (Tensor): (B, C, H, W).
@@ -124,8 +253,39 @@ def cell_average_pool(x, ratio):
     _check_positive_int('ratio', ratio)
     if ratio == 1:
         return x
-    return F.avg_pool2d(x, ratio, ratio, ceil_mode=True)
+    if inline_reference():
+        return _pool_implementation(x, ratio)
+    return _pool_op(x, int(ratio))
 
 
-__all__ = ['grid_attention', 'global_attention', 'cell_average_pool', 'attention_reference',
-           'attention_sdpa']
+def _pool_implementation(x, ratio):
+    # ceil_mode keeps the partial border cells; without padding, avg_pool2d divides each
+    # cell by the pixels it holds.
+    return F.avg_pool2d(x, ratio, ratio, ceil_mode=True).contiguous()
+
+
+@torch.library.custom_op('mmsparse::cell_average_pool', mutates_args=())
+def _pool_op(x: Tensor, ratio: int) -> Tensor:
+    return _pool_implementation(x, ratio)
+
+
+@_pool_op.register_fake
+def _pool_fake(x, ratio):
+    return x.new_empty((*x.shape[:2], -(-x.shape[2] // ratio), -(-x.shape[3] // ratio)))
+
+
+def _pool_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.ratio = inputs[1]
+
+
+def _pool_backward(ctx, grad):
+    (x, ) = ctx.saved_tensors
+    return recompute_gradients(lambda x: _pool_implementation(x, ctx.ratio), (x, ), grad)[0], None
+
+
+_pool_op.register_autograd(_pool_backward, setup_context=_pool_setup_context)
+
+
+__all__ = ['grid_attention', 'global_attention', 'cell_average_pool', 'grid_attention_probabilities',
+           'global_attention_probabilities', 'attention_reference', 'attention_probabilities', 'attention_sdpa']

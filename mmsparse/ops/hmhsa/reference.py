@@ -10,8 +10,6 @@ the bottom/right; padded tokens are masked out as keys, and their query rows are
 cropped away, so the padding has no effect on the valid output.
 Global step: every query token against the tokens of a (pooled) key/value map.
 """
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 
@@ -28,24 +26,35 @@ def merge_heads(x, height, width):
     return x.transpose(-1, -2).reshape(b, num_heads * d, height, width)
 
 
-def window_partition(x, num_heads, grid_size):
-    """Pad and split a map into windows: (B, C, H, W) -> (B*nH*nW, heads, G*G, d).
+def num_windows(size, grid_size):
+    """``ceil(size / grid_size)``, the windows along one side.
 
+    Written with non-negative operands only: under ``torch.export`` the sizes are
+    symbolic and the arithmetic lands in the ONNX graph, whose integer division
+    truncates toward zero, so ``-(-size // grid_size)`` would floor there instead.
+    """
+    return (size + grid_size - 1) // grid_size
+
+
+def window_partition(x, num_heads, grid_size):
+    """Pad and split stacked maps into windows: (S, B, C, H, W) -> (S, B*nH*nW, heads, G*G, d).
+
+    ``S`` maps (q, k, v stacked) are padded and permuted by one op each, not one per map.
     ``H`` and ``W`` are zero-padded up to multiples of ``G`` (``nH = ceil(H/G)``,
     ``nW = ceil(W/G)``); windows are ordered batch-major, then row-major.
     """
-    b, c, h, w = x.shape
+    s, b, c, h, w = x.shape
     g = grid_size
-    x = F.pad(x, (0, -w % g, 0, -h % g))
-    n_h, n_w = x.shape[2] // g, x.shape[3] // g
-    x = x.reshape(b, num_heads, c // num_heads, n_h, g, n_w, g)
-    return x.permute(0, 3, 5, 1, 4, 6, 2).reshape(b * n_h * n_w, num_heads, g * g, c // num_heads)
+    n_h, n_w = num_windows(h, g), num_windows(w, g)
+    x = F.pad(x, (0, n_w * g - w, 0, n_h * g - h))
+    x = x.reshape(s, b, num_heads, c // num_heads, n_h, g, n_w, g)
+    return x.permute(0, 1, 4, 6, 2, 5, 7, 3).reshape(s, b * n_h * n_w, num_heads, g * g, c // num_heads)
 
 
 def window_merge(x, batch, height, width, grid_size):
     """Inverse of :func:`window_partition`, cropping the padding: -> (B, C, H, W)."""
     g = grid_size
-    n_h, n_w = -(-height // g), -(-width // g)
+    n_h, n_w = num_windows(height, g), num_windows(width, g)
     num_heads, d = x.shape[1], x.shape[3]
     x = x.reshape(batch, n_h, n_w, num_heads, g, g, d).permute(0, 3, 6, 1, 4, 2, 5)
     x = x.reshape(batch, num_heads * d, n_h * g, n_w * g)
@@ -57,23 +66,48 @@ def window_key_mask(batch, height, width, grid_size, device):
 
     Returns:
         Tensor | None: (B*nH*nW, 1, 1, G*G) bool, True for tokens inside the
-        ``H x W`` map; None when ``G`` divides both sides (nothing is padded).
+        ``H x W`` map; None when ``G`` divides both (concrete) sides, as nothing is padded.
     """
-    per_window = _window_validity(height, width, grid_size, torch.device(device))
+    per_window = window_validity(height, width, grid_size, torch.device(device))
     return None if per_window is None else per_window.repeat(batch, 1, 1, 1)
 
 
-@lru_cache(maxsize=64)
-def _window_validity(height, width, grid_size, device):
-    """(nH*nW, 1, 1, G*G) bool validity of every window's keys, built once per map size."""
+def window_validity(height, width, grid_size, device):
+    """(nH*nW, 1, 1, G*G) bool validity of every window's keys, or None when nothing is padded.
+
+    Built per call (a few hundred booleans): a cached tensor would be a real tensor
+    inside the fake-tensor traces of ``torch.compile``. Symbolic sizes (``torch.export``,
+    dynamic ``torch.compile``) always get the mask, computed from the runtime sizes: a
+    branch on them would bake the traced size's window count into the graph.
+    """
     g = grid_size
-    if height % g == 0 and width % g == 0:
+    concrete = isinstance(height, int) and isinstance(width, int)
+    if concrete and height % g == 0 and width % g == 0:
         return None
-    n_h, n_w = -(-height // g), -(-width // g)
+    n_h, n_w = num_windows(height, g), num_windows(width, g)
     rows = torch.arange(n_h * g, device=device) < height
     cols = torch.arange(n_w * g, device=device) < width
     valid = (rows[:, None] & cols[None, :]).reshape(n_h, g, n_w, g).permute(0, 2, 1, 3)
     return valid.reshape(n_h * n_w, 1, 1, g * g)
+
+
+def attention_probabilities(q, k, scale, key_mask=None):
+    """softmax((q * scale) @ k^T): the attention weights of :func:`attention_reference`.
+
+    Args:
+        q (Tensor): (..., Lq, d).
+        k (Tensor): (..., Lk, d).
+        scale (float): multiplies q before the product, as the official model.
+        key_mask (Tensor, optional): bool, broadcastable to (..., Lq, Lk);
+            False keys get zero weight. Every row keeps at least one key.
+
+    Returns:
+        Tensor: (..., Lq, Lk); every row sums to 1.
+    """
+    logits = (q * scale) @ k.transpose(-1, -2)
+    if key_mask is not None:
+        logits = logits.masked_fill(~key_mask, float('-inf'))
+    return logits.softmax(dim=-1)
 
 
 def attention_reference(q, k, v, scale, key_mask=None):
@@ -83,13 +117,9 @@ def attention_reference(q, k, v, scale, key_mask=None):
         q (Tensor): (..., Lq, d).
         k, v (Tensor): (..., Lk, d).
         scale (float): multiplies q before the product, as the official model.
-        key_mask (Tensor, optional): bool, broadcastable to (..., Lq, Lk);
-            False keys get zero weight. Every row keeps at least one key.
+        key_mask (Tensor, optional): see :func:`attention_probabilities`.
 
     Returns:
         Tensor: (..., Lq, d).
     """
-    logits = (q * scale) @ k.transpose(-1, -2)
-    if key_mask is not None:
-        logits = logits.masked_fill(~key_mask, float('-inf'))
-    return logits.softmax(dim=-1) @ v
+    return attention_probabilities(q, k, scale, key_mask) @ v

@@ -1,7 +1,22 @@
-"""2-D (dilated) neighborhood attention (NAT arXiv 2204.07143, DiNAT arXiv 2209.15001) as a functional op."""
+"""2-D (dilated) neighborhood attention (NAT arXiv 2204.07143, DiNAT arXiv 2209.15001) as a functional op.
+
+The public function checks its arguments and calls the custom op
+``mmsparse::neighborhood_attention_2d`` (schema: ``q, k, v, kernel_size, dilation, rpb,
+scale, backend`` with the backend already resolved to ``'torch'`` or ``'triton'``), one
+node for ``torch.compile``, ``torch.jit.trace`` and the FLOP counter.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
 from .._checks import check_attention_tensors, check_scale
-from .._dispatch import resolve_backend
-from .reference import na2d_logits_reference, na2d_reference, neighborhood_indices
+from .._dispatch import check_triton_device, inline_reference, recompute_gradients, resolve_backend
+from ..probe import record_call, register_probabilities
+from .reference import (na2d_dense, na2d_logits_reference, na2d_probabilities_reference, na2d_reference,
+                        na2d_torch, neighbor_key_index, neighborhood_indices)
+
+OP = 'neighborhood_attention_2d'
 
 
 def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=None, backend=None):
@@ -35,18 +50,86 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
         Tensor: (B, heads, Hq, Wq, hd), dtype of ``v``.
     """
     _check_inputs(q, k, v, kernel_size, dilation, rpb, scale)
-    if scale is None:
-        scale = q.shape[-1]**-0.5
+    scale = float(q.shape[-1]**-0.5 if scale is None else scale)
+    record_call(OP, q=q, k=k, v=v, kernel_size=kernel_size, dilation=dilation, rpb=rpb, scale=scale,
+                backend=backend)
     if rpb is not None and rpb.dtype != q.dtype:
         rpb = rpb.to(q.dtype)  # e.g. fp32 parameter under autocast, as NATTEN's cast_inputs
-    if resolve_backend(backend, q, k, v) == 'triton':
+    resolved = resolve_backend(backend, q, k, v)
+    if resolved == 'triton':  # here, since on meta tensors the custom op runs its fake
+        for name, t in (('q', q), ('k', k), ('v', v), ('rpb', rpb)):
+            if t is not None:
+                check_triton_device(name, t)
+    if inline_reference():
+        return _implementation(q, k, v, kernel_size, dilation, rpb, scale, resolved)
+    return _na2d_op(q, k, v, kernel_size, dilation, rpb, scale, resolved)
+
+
+def _implementation(q, k, v, kernel_size, dilation, rpb, scale, backend):
+    """The op for a resolved backend; module-level names, so tests can spy on them."""
+    if backend == 'triton':
         from .triton_kernels import na2d_triton
         return na2d_triton(q, k, v, kernel_size, dilation, rpb, scale)
-    return na2d_reference(q, k, v, kernel_size, dilation, rpb, scale)
+    return na2d_torch(q, k, v, kernel_size, dilation, rpb, scale)
+
+
+@torch.library.custom_op(f'mmsparse::{OP}', mutates_args=())
+def _na2d_op(q: Tensor, k: Tensor, v: Tensor, kernel_size: int, dilation: int, rpb: Optional[Tensor],
+             scale: float, backend: str) -> Tensor:
+    # Contiguous, as the fake implementation promises.
+    return _implementation(q, k, v, kernel_size, dilation, rpb, scale, backend).contiguous()
+
+
+@_na2d_op.register_fake
+def _na2d_fake(q, k, v, kernel_size, dilation, rpb, scale, backend):
+    return q.new_empty(q.shape[:4] + v.shape[4:])
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, kernel_size, dilation, rpb, scale, backend = inputs
+    ctx.save_for_backward(q, k, v, rpb)
+    ctx.na = (kernel_size, dilation, scale, backend)
+
+
+def _backward(ctx, grad_out):
+    q, k, v, rpb = ctx.saved_tensors
+    kernel_size, dilation, scale, backend = ctx.na
+    if backend == 'triton':
+        from .triton_kernels import na2d_triton_backward
+        grads = list(na2d_triton_backward(grad_out, q, k, v, kernel_size, dilation, rpb, scale))
+        grads[3] = grads[3] if rpb is not None else None
+    else:
+        grads = recompute_gradients(
+            lambda q, k, v, rpb: na2d_torch(q, k, v, kernel_size, dilation, rpb, scale), (q, k, v, rpb), grad_out)
+    dq, dk, dv, d_rpb = grads
+    return dq, dk, dv, None, None, d_rpb, None, None
+
+
+_na2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_probabilities(OP)
+def na2d_probabilities(queries, q, k, v, kernel_size, dilation=1, rpb=None, scale=None, backend=None):
+    """Probe: the reference's softmax probabilities of ``queries`` over their ``k*k`` neighbours.
+
+    Args:
+        queries (Tensor): 1-D int64 flat row-major indices into the ``Hq x Wq`` query map.
+        q, k, v, kernel_size, dilation, rpb, scale: the arguments the op recorded (``v`` and
+            ``backend`` are not needed: the probabilities do not depend on them).
+
+    Returns:
+        tuple[Tensor, Tensor]: ``probs`` (B, heads, Q, k*k) and ``key_index`` (B, heads,
+        Q, k*k), the flat row-major index of each neighbour in the ``H x W`` key map.
+    """
+    scale = q.shape[-1]**-0.5 if scale is None else scale
+    rpb = None if rpb is None else rpb.to(q.dtype)
+    probs = na2d_probabilities_reference(q, k, kernel_size, dilation, rpb, scale).flatten(2, 3)[:, :, queries]
+    key_index = neighbor_key_index(q, k, kernel_size, dilation)[queries]
+    return probs, key_index.expand(probs.shape)
 
 
 def _check_inputs(q, k, v, kernel_size, dilation, rpb, scale):
-    op = 'neighborhood_attention_2d'
+    op = OP
     check_attention_tensors(op, {'q': q, 'k': k, 'v': v})
     if rpb is not None:  # any floating dtype: cast to q.dtype below (autocast)
         check_attention_tensors(op, {'q': q, 'rpb': rpb}, same_dtype=False)
@@ -72,4 +155,5 @@ def _check_inputs(q, k, v, kernel_size, dilation, rpb, scale):
                              f'for kernel_size={kernel_size}')
 
 
-__all__ = ['neighborhood_attention_2d', 'na2d_reference', 'na2d_logits_reference', 'neighborhood_indices']
+__all__ = ['neighborhood_attention_2d', 'na2d_probabilities', 'na2d_reference', 'na2d_dense', 'na2d_torch',
+           'na2d_logits_reference', 'na2d_probabilities_reference', 'neighbor_key_index', 'neighborhood_indices']

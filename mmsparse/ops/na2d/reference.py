@@ -12,10 +12,20 @@ Shi, arXiv 2209.15001) checkpoints were trained with:
   key-query offset counted in dilated steps, plus ``k - 1``, and is added
   (unscaled) after ``q`` is scaled.
 
-Memory is linear in the number of tokens: the ``k*k`` neighbours of every query
-are gathered, no (H*W) x (H*W) matrix is formed.
+Two exact algorithms compute it (:func:`na2d_torch` picks by cost):
+
+* :func:`na2d_reference`, the specification: the ``k*k`` neighbours of every query are
+  gathered; memory and work linear in the number of tokens.
+* :func:`na2d_dense`: scaled dot-product attention over all query-key pairs with the
+  window and the bias as an additive mask (``-inf`` outside the window); quadratic, but
+  a few large matmuls beat the gathers on small maps.
 """
+from functools import lru_cache
+
 import torch
+import torch.nn.functional as F
+
+from .._dispatch import torch_algorithm
 
 
 def neighborhood_indices(length, kernel_size, dilation, device=None):
@@ -87,6 +97,18 @@ def na2d_logits_reference(q, k, kernel_size, dilation, rpb, scale):
     return logits.flatten(-2)
 
 
+def na2d_probabilities_reference(q, k, kernel_size, dilation, rpb, scale):
+    """Softmax of :func:`na2d_logits_reference` over the ``k*k`` neighbours of every query.
+
+    The op (:func:`na2d_reference`) and the probe (:func:`na2d_probabilities`) both take
+    their probabilities from here. Arguments as :func:`na2d_logits_reference`.
+
+    Returns:
+        Tensor: (B, heads, Hq, Wq, k*k), neighbour ``t = ti*k + tj``.
+    """
+    return na2d_logits_reference(q, k, kernel_size, dilation, rpb, scale).softmax(dim=-1)
+
+
 def na2d_reference(q, k, v, kernel_size, dilation, rpb, scale):
     """Neighborhood attention over heads-first maps, by gathering the neighbours.
 
@@ -99,6 +121,81 @@ def na2d_reference(q, k, v, kernel_size, dilation, rpb, scale):
         Tensor: (B, heads, Hq, Wq, hd).
     """
     rows, _, cols, _ = _query_indices(q, k, kernel_size, dilation)
-    attn = na2d_logits_reference(q, k, kernel_size, dilation, rpb, scale).softmax(dim=-1)
+    attn = na2d_probabilities_reference(q, k, kernel_size, dilation, rpb, scale)
     attn = attn.unflatten(-1, (kernel_size, kernel_size))
     return torch.einsum('bnhwij,bnhiwjc->bnhwc', attn, _gather_neighbors(v, rows, cols))
+
+
+@lru_cache(maxsize=64)
+def _flat_window(q_shape, k_shape, kernel_size, dilation, device):
+    """Flat key index (into ``H*W``) and flat bias index (into ``(2k-1)**2``) of every
+    (query, neighbour) pair: (Hq*Wq, k*k) int64 each.
+
+    Cached per geometry: a model calls the op with a handful of map sizes, and the index
+    arithmetic would otherwise be redone on every call and layer.
+    """
+    (num_rows, num_cols), (height, width) = q_shape, k_shape
+    rows, bias_rows = neighborhood_indices(height, kernel_size, dilation, device)
+    cols, bias_cols = neighborhood_indices(width, kernel_size, dilation, device)
+    table = 2 * kernel_size - 1
+    keys = rows[:num_rows, None, :, None] * width + cols[None, :num_cols, None, :]
+    bias = bias_rows[:num_rows, None, :, None] * table + bias_cols[None, :num_cols, None, :]
+    return keys.reshape(num_rows * num_cols, -1), bias.reshape(num_rows * num_cols, -1)
+
+
+def _window(q, k, kernel_size, dilation):
+    """:func:`_flat_window` of the maps of ``q`` and ``k``, from the cache when not traced."""
+    args = (tuple(q.shape[2:4]), tuple(k.shape[2:4]), kernel_size, dilation, q.device)
+    if type(q) is not torch.Tensor or torch.compiler.is_compiling():
+        # Traced (fake or functional tensors, maybe symbolic shapes: the AOTAutograd
+        # backward, torch.export): a cached real tensor cannot enter that graph, so build
+        # the indices inside it.
+        return _flat_window.__wrapped__(*args)
+    return _flat_window(*args)
+
+
+def neighbor_key_index(q, k, kernel_size, dilation):
+    """(Hq*Wq, k*k) int64: the flat ``H*W`` index of neighbour ``t = ti*k + tj`` of each query."""
+    return _window(q, k, kernel_size, dilation)[0]
+
+
+def na2d_dense(q, k, v, kernel_size, dilation, rpb, scale):
+    """Neighborhood attention as masked SDPA over all query-key pairs (exact, quadratic).
+
+    Same arguments and result as :func:`na2d_reference`. The additive mask holds
+    ``rpb`` inside each query's window and ``-inf`` outside; every window has ``k*k``
+    real keys, so no row is fully masked.
+    """
+    batch, heads, num_rows, num_cols, head_dim = q.shape
+    height, width = k.shape[2:4]
+    keys, bias = _window(q, k, kernel_size, dilation)
+    mask = q.new_full((num_rows * num_cols, height * width), float('-inf'))
+    if rpb is None:
+        mask = mask.scatter(1, keys, 0.0)
+    else:
+        values = rpb.to(q.dtype).flatten(1)[:, bias]
+        mask = mask.expand(heads, -1, -1).scatter(2, keys.expand(heads, -1, -1), values)
+    out = F.scaled_dot_product_attention(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3),
+                                         attn_mask=mask, scale=scale)
+    return out.unflatten(2, (num_rows, num_cols))
+
+
+def _may_mask_a_row(rpb):
+    """Whether ``rpb`` holds -inf, so that a whole window (a softmax row) may be masked.
+
+    A fully masked row is NaN in the gather algorithm and the Triton kernels but 0 in
+    SDPA, so such biases take the gather algorithm and every backend agrees. Not checked
+    while exporting (the bias is symbolic there; exported models have finite biases).
+    """
+    if rpb is None or torch.onnx.is_in_onnx_export():
+        return False
+    return bool(torch.isinf(rpb).any())
+
+
+def na2d_torch(q, k, v, kernel_size, dilation, rpb, scale):
+    """The pure-PyTorch op: :func:`na2d_dense` on small maps, :func:`na2d_reference` on
+    large ones, by :func:`mmsparse.ops._dispatch.torch_algorithm` of the key tokens."""
+    n_tokens = k.shape[2] * k.shape[3]
+    if torch_algorithm('neighborhood_attention_2d', n_tokens) == 'dense' and not _may_mask_a_row(rpb):
+        return na2d_dense(q, k, v, kernel_size, dilation, rpb, scale)
+    return na2d_reference(q, k, v, kernel_size, dilation, rpb, scale)

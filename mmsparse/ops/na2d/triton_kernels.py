@@ -35,6 +35,8 @@ cell is shared by many queries. The order of those additions is not fixed, so
 
 Dtypes: float16, bfloat16 and float32 accumulate in float32; float64 in float64.
 """
+from typing import Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
@@ -215,53 +217,95 @@ def _strides(*tensors):
     return [s for t in tensors for s in t.stride()]
 
 
+def _forward(q, k, v, rpb, kernel_size, dilation, scale):
+    """Launch the forward kernel: ``(out, lse, scale_t, cfg)``, all backward needs besides the inputs."""
+    batch, heads, q_height, q_width, head_dim = q.shape
+    height, width = k.shape[2:4]
+    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    cfg = _block_config(q_height * q_width, head_dim)
+    scale_t = torch.tensor([scale], dtype=acc_dtype, device=q.device)
+    has_rpb = rpb is not None
+    out = torch.empty(q.shape[:4] + v.shape[4:], dtype=v.dtype, device=q.device)
+    lse = torch.empty((batch * heads, q_height * q_width), dtype=acc_dtype, device=q.device)
+    grid = (batch * heads, triton.cdiv(q_height * q_width, cfg['BLOCK_M']))
+    _na2d_fwd_kernel[grid](
+        q, k, v, rpb if has_rpb else q, out, lse, scale_t, *_strides(q, k, v, out),
+        *(rpb.stride() if has_rpb else (0, 0, 0)),
+        heads, q_height, q_width, height, width, dilation, HEAD_DIM=head_dim, KERNEL=kernel_size,
+        HAS_RPB=has_rpb,
+        ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32, **cfg)
+    return out, lse, scale_t, cfg
+
+
+def _backward(d_out, q, k, v, rpb, out, lse, scale_t, kernel_size, dilation, cfg):
+    """Launch the backward kernel: ``(dq, dk, dv, d_rpb)`` in the input dtypes (``d_rpb``
+    None without ``rpb``)."""
+    batch, heads, q_height, q_width, head_dim = q.shape
+    height, width = k.shape[2:4]
+    acc_dtype = lse.dtype
+    has_rpb = rpb is not None
+    dq = torch.empty(q.shape, dtype=acc_dtype, device=q.device)
+    dk, dv = (torch.zeros(k.shape, dtype=acc_dtype, device=q.device) for _ in range(2))
+    table = 2 * kernel_size - 1
+    d_rpb = torch.zeros((heads, table, table), dtype=acc_dtype, device=q.device)
+    grid = (batch * heads, triton.cdiv(q_height * q_width, cfg['BLOCK_M']))
+    _na2d_bwd_kernel[grid](
+        q, k, v, rpb if has_rpb else q, out, d_out, lse, scale_t, dq, dk, dv, d_rpb,
+        *_strides(q, k, v, out, d_out), *(rpb.stride() if has_rpb else (0, 0, 0)),
+        heads, q_height, q_width, height, width, dilation, HEAD_DIM=head_dim, KERNEL=kernel_size,
+        HAS_RPB=has_rpb,
+        ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32, **cfg)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), d_rpb.to(rpb.dtype) if has_rpb else None
+
+
 class _NA2dTritonFunction(torch.autograd.Function):
     """Fused NA: forward saves (q, k, v, rpb, out, lse), backward recomputes the probabilities."""
 
     @staticmethod
     def forward(ctx, q, k, v, rpb, kernel_size, dilation, scale):
-        batch, heads, q_height, q_width, head_dim = q.shape
-        height, width = k.shape[2:4]
-        acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        cfg = _block_config(q_height * q_width, head_dim)
-        scale_t = torch.tensor([scale], dtype=acc_dtype, device=q.device)
-        has_rpb = rpb is not None
-        rpb_arg = rpb if has_rpb else q
-        out = torch.empty(q.shape[:4] + v.shape[4:], dtype=v.dtype, device=q.device)
-        lse = torch.empty((batch * heads, q_height * q_width), dtype=acc_dtype, device=q.device)
-        grid = (batch * heads, triton.cdiv(q_height * q_width, cfg['BLOCK_M']))
-        rpb_strides = rpb.stride() if has_rpb else (0, 0, 0)
-        _na2d_fwd_kernel[grid](
-            q, k, v, rpb_arg, out, lse, scale_t, *_strides(q, k, v, out), *rpb_strides,
-            heads, q_height, q_width, height, width, dilation, HEAD_DIM=head_dim, KERNEL=kernel_size,
-            HAS_RPB=has_rpb,
-            ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32, **cfg)
-        ctx.save_for_backward(q, k, v, rpb_arg, out, lse, scale_t)
-        ctx.na = (kernel_size, dilation, has_rpb, cfg)
+        out, lse, scale_t, cfg = _forward(q, k, v, rpb, kernel_size, dilation, scale)
+        ctx.save_for_backward(q, k, v, rpb, out, lse, scale_t)
+        ctx.na = (kernel_size, dilation, cfg)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out):
-        q, k, v, rpb_arg, out, lse, scale_t = ctx.saved_tensors
-        kernel_size, dilation, has_rpb, cfg = ctx.na
-        batch, heads, q_height, q_width, head_dim = q.shape
-        height, width = k.shape[2:4]
-        acc_dtype = lse.dtype
-        dq = torch.empty(q.shape, dtype=acc_dtype, device=q.device)
-        dk, dv = (torch.zeros(k.shape, dtype=acc_dtype, device=q.device) for _ in range(2))
-        table = 2 * kernel_size - 1
-        d_rpb = torch.zeros((heads, table, table), dtype=acc_dtype, device=q.device)
-        rpb_strides = rpb_arg.stride() if has_rpb else (0, 0, 0)
-        grid = (batch * heads, triton.cdiv(q_height * q_width, cfg['BLOCK_M']))
-        _na2d_bwd_kernel[grid](
-            q, k, v, rpb_arg, out, d_out, lse, scale_t, dq, dk, dv, d_rpb,
-            *_strides(q, k, v, out, d_out), *rpb_strides,
-            heads, q_height, q_width, height, width, dilation, HEAD_DIM=head_dim, KERNEL=kernel_size,
-            HAS_RPB=has_rpb,
-            ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32, **cfg)
-        d_rpb = d_rpb.to(rpb_arg.dtype) if has_rpb else None
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), d_rpb, None, None, None
+        q, k, v, rpb, out, lse, scale_t = ctx.saved_tensors
+        kernel_size, dilation, cfg = ctx.na
+        return _backward(d_out, q, k, v, rpb, out, lse, scale_t, kernel_size, dilation, cfg) + (None, ) * 3
+
+
+@torch.library.custom_op('mmsparse::neighborhood_attention_2d_triton_backward', mutates_args=())
+def na2d_triton_backward(d_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         kernel_size: int, dilation: int, rpb: Optional[torch.Tensor],
+                         scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of the custom op ``mmsparse::neighborhood_attention_2d`` on the triton backend.
+
+    A custom op of its own, so that AOTAutograd records it as one node instead of tracing
+    kernel launches on fake tensors. It reruns the forward kernel for the log-sum-exp (the
+    forward custom op returns only the output), then the backward kernel.
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor, Tensor]: ``(dq, dk, dv, d_rpb)``; ``d_rpb`` is an
+        empty tensor without ``rpb`` (a custom op cannot return None).
+    """
+    _validate(q, k, v, rpb)
+    if q.numel() == 0:
+        # Empty output: every gradient is zero (and Triton rejects empty grids).
+        grads = tuple(None if t is None else torch.zeros_like(t) for t in (q, k, v, rpb))
+    else:
+        out, lse, scale_t, cfg = _forward(q, k, v, rpb, kernel_size, dilation, scale)
+        grads = _backward(d_out, q, k, v, rpb, out, lse, scale_t, kernel_size, dilation, cfg)
+    return tuple(q.new_empty(0) if g is None else g.contiguous() for g in grads)
+
+
+@na2d_triton_backward.register_fake
+def _na2d_triton_backward_fake(d_out, q, k, v, kernel_size, dilation, rpb, scale):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format),
+            q.new_empty(0) if rpb is None else torch.empty_like(rpb, memory_format=torch.contiguous_format))
 
 
 def na2d_triton(q, k, v, kernel_size, dilation, rpb, scale):
@@ -291,4 +335,4 @@ def na2d_triton(q, k, v, kernel_size, dilation, rpb, scale):
     return _NA2dTritonFunction.apply(q, k, v, rpb, kernel_size, dilation, float(scale))
 
 
-__all__ = ['na2d_triton']
+__all__ = ['na2d_triton', 'na2d_triton_backward']

@@ -1,5 +1,8 @@
 """HierarchicalMHSA against the official H-MHSA fixtures (float64) and a padding-free oracle.
 
+The official module includes the block's pre-norm, so the tests use HAT-Net's
+:class:`HATAttention` (HierarchicalMHSA plus that norm, under the official key).
+
 Official fixtures (hatnet_hmhsa_op.pt, see tests/data/official/README.md): outputs, input and
 parameter gradients, for both backends ('torch' reference, 'triton' = SDPA), at
 atol 1e-10 / rtol 1e-8 (observed <= 2e-13). At sizes that are not multiples of the
@@ -13,6 +16,7 @@ import pytest
 import torch
 
 from mmsparse.models.attentions import HierarchicalMHSA
+from mmsparse.models.backbones.hat_net import HATAttention
 from mmsparse.ops import cell_average_pool, grid_attention
 from ...test_ops.test_hmhsa import oracle_grid_attention, pooling_matrix, tokens
 
@@ -26,8 +30,8 @@ def hmhsa_fixture(load_official):
 
 def build_module(case, backend='torch'):
     cfg = case['config']
-    module = HierarchicalMHSA(cfg['dim'], cfg['head_dim'], cfg['grid_size'], cfg['ds_ratio'], cfg['drop'],
-                              backend=backend).double().eval()
+    module = HATAttention(cfg['dim'], cfg['dim'] // cfg['head_dim'], cfg['grid_size'], cfg['ds_ratio'],
+                          cfg['drop'], backend=backend).double().eval()
     # The official proj_norm is never used by its forward; this module does not create it.
     state_dict = {k: v for k, v in case['state_dict'].items() if not k.startswith('proj_norm.')}
     module.load_state_dict(state_dict, strict=True)
@@ -91,7 +95,7 @@ def oracle_module(module, x):
 @pytest.mark.parametrize('h,w,g,r', [(13, 22, 7, 4), (17, 9, 8, 8), (14, 15, 7, 2)])
 def test_any_size_matches_padding_free_oracle(backend, h, w, g, r):
     torch.manual_seed(0)
-    module = HierarchicalMHSA(16, 8, g, r, backend=backend).double().eval()
+    module = HATAttention(16, 2, g, r, 0., backend=backend).double().eval()
     for p in module.parameters():   # non-trivial norms and biases
         torch.nn.init.normal_(p, 0.3 if p.dim() == 1 else 0., 0.3)
     x = torch.randn(2, 16, h, w, dtype=torch.float64)
@@ -100,10 +104,22 @@ def test_any_size_matches_padding_free_oracle(backend, h, w, g, r):
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    (dict(embed_dims=32, head_dim=12), 'head_dim=12'),
-    (dict(embed_dims=32, head_dim=8, grid_size=0), 'grid_size=0'),
-    (dict(embed_dims=32, head_dim=8, grid_size=4, ds_ratio=1.5), 'ds_ratio=1.5'),
+    (dict(embed_dims=32, num_heads=3), 'num_heads=3'),
+    (dict(embed_dims=32, num_heads=4, grid_size=0), 'grid_size=0'),
+    (dict(embed_dims=32, num_heads=4, grid_size=4, ds_ratio=1.5), 'ds_ratio=1.5'),
 ])
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HierarchicalMHSA(**kwargs)
+
+
+def test_registered_mixer_is_the_hat_net_attention_on_nhwc_maps():
+    """The NHWC mixer fed the normalised map and the raw map as identity is HAT-Net's attention."""
+    torch.manual_seed(0)
+    hat = HATAttention(16, 2, 4, 2, 0., backend='torch').double().eval()
+    mixer = HierarchicalMHSA(16, 2, grid_size=4, ds_ratio=2, backend='torch').double().eval()
+    mixer.load_state_dict({k: v for k, v in hat.state_dict().items() if not k.startswith('norm.')})
+    x = torch.randn(2, 16, 9, 10, dtype=torch.float64)
+    with torch.no_grad():
+        out = mixer(hat.norm(x).permute(0, 2, 3, 1), identity=x.permute(0, 2, 3, 1))
+        torch.testing.assert_close(out, hat(x).permute(0, 2, 3, 1), atol=1e-12, rtol=1e-10)

@@ -31,7 +31,7 @@ BACKBONES = {
                                  n_win=2, topks=(1, 2, 4, -1)),
     'nat': lambda: NAT(dict(embed_dims=16, depths=(1, 2, 2, 1), num_heads=(1, 2, 4, 8), mlp_ratio=2.),
                        dilations=[[4], [1, 2], [1, 3], [1]]),
-    'hat_net': lambda: HATNet(dict(dims=(16, 32, 48, 64), head_dim=8, depths=(1, 1, 1, 1),
+    'hat_net': lambda: HATNet(dict(embed_dims=(16, 32, 48, 64), head_dim=8, depths=(1, 1, 1, 1),
                                    expansions=(2, 2, 2, 2), grid_sizes=(8, 7, 7, 1), ds_ratios=(8, 4, 2, 1),
                                    kernel_sizes=(3, 3, 3, 3))),
     'fibottention_vit': lambda: FibottentionViT(dict(embed_dims=32, num_layers=4, num_heads=2, mlp_ratio=2),

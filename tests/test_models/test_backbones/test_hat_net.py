@@ -12,14 +12,16 @@ from mmsparse.models.backbones import HATNet
 from mmsparse.models.utils import hatnet_official_to_mmsparse
 from .utils import BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_frozen_stages
 
-ARCH_KEYS = ('dims', 'head_dim', 'depths', 'expansions', 'grid_sizes', 'ds_ratios', 'kernel_sizes')
-SMALL_ARCH = dict(dims=(16, 32, 48, 64), head_dim=8, depths=(1, 1, 1, 1), expansions=(2, 2, 2, 2),
+ARCH_KEYS = ('embed_dims', 'head_dim', 'depths', 'expansions', 'grid_sizes', 'ds_ratios', 'kernel_sizes')
+SMALL_ARCH = dict(embed_dims=(16, 32, 48, 64), head_dim=8, depths=(1, 1, 1, 1), expansions=(2, 2, 2, 2),
                   grid_sizes=(8, 7, 7, 1), ds_ratios=(8, 4, 2, 1), kernel_sizes=(3, 3, 3, 3))
 
 
 def official_config_to_kwargs(config):
     """The fixture's official HAT_Net constructor kwargs -> mmsparse.HATNet kwargs."""
-    return dict(arch={k: tuple(config[k]) if k != 'head_dim' else config[k] for k in ARCH_KEYS},
+    # The official names the stage widths ``dims``; mmsparse, like every backbone, ``embed_dims``.
+    official = dict(config, embed_dims=config['dims'])
+    return dict(arch={k: tuple(official[k]) if k != 'head_dim' else official[k] for k in ARCH_KEYS},
                 drop_path_rate=config['drop_path_rate'])
 
 
@@ -40,14 +42,13 @@ def official_model(fixture, **kwargs):
     ('medium', 42_942_472, 42_412_960),
     ('large', 63_132_488, 62_467_936),
 ])
-def test_preset_parameter_counts(monkeypatch, arch, total_official, backbone_official):
-    monkeypatch.setattr(HATNet, '_init_layer', staticmethod(lambda m: None))   # counts only: skip the slow init
+def test_preset_parameter_counts(arch, total_official, backbone_official):
     model = HATNet(arch)
     count = sum(p.numel() for p in model.parameters())
     assert count == backbone_official
     # The official model adds a 1000-way classifier and the unused attn.proj_norm (2C per block).
-    proj_norm = sum(2 * dim * depth for dim, depth in zip(model.dims, model.depths))
-    assert count + proj_norm + model.dims[-1] * 1000 + 1000 == total_official
+    proj_norm = sum(2 * dim * depth for dim, depth in zip(model.embed_dims, model.depths))
+    assert count + proj_norm + model.embed_dims[-1] * 1000 + 1000 == total_official
 
 
 @pytest.mark.parametrize('backend', ['torch', 'triton'])
@@ -74,7 +75,7 @@ def test_any_input_size(size):
         outs = model(torch.randn(1, 3, *size))
     for i, out in enumerate(outs):
         stride = 2**(i + 2)
-        assert out.shape == (1, SMALL_ARCH['dims'][i], math.ceil(size[0] / stride), math.ceil(size[1] / stride))
+        assert out.shape == (1, SMALL_ARCH['embed_dims'][i], math.ceil(size[0] / stride), math.ceil(size[1] / stride))
         assert torch.isfinite(out).all()
 
 
@@ -208,3 +209,24 @@ def test_init_cfg_missing_file_is_a_clear_error(tmp_path):
     model = HATNet(SMALL_ARCH, init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'nope.pth')))
     with pytest.raises(FileNotFoundError, match='nope.pth'):
         model.init_weights()
+
+
+def test_feed_forward_silu_runs_in_place_with_the_same_outputs_and_gradients():
+    from mmsparse.models.backbones.hat_net import InvertedResidual
+    torch.manual_seed(0)
+    model = HATNet(SMALL_ARCH).double()
+    model.init_weights()
+    silus = [m for ffn in model.modules() if isinstance(ffn, InvertedResidual) for m in ffn.modules()
+             if isinstance(m, torch.nn.SiLU)]
+    assert len(silus) == 2 * sum(SMALL_ARCH['depths']) and all(m.inplace for m in silus)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    results = []
+    for inplace in (True, False):
+        for m in silus:
+            m.inplace = inplace
+        model.zero_grad()
+        outs = model(x)
+        sum(o.square().sum() for o in outs).backward()
+        results.append(([o.detach() for o in outs], [p.grad.clone() for p in model.parameters()]))
+    for got, expected in zip(*(outs + grads for outs, grads in results)):
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)

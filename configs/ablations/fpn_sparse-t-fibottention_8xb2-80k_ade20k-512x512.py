@@ -1,0 +1,7 @@
+# Attention ablation, Semantic FPN ADE20K 80k:
+# Fibottention with 2-D (row, column) Fibonacci offsets.
+_base_ = ['./fpn_sparse-t_8xb2-80k_ade20k-512x512.py']
+
+# _delete_: replace the base's attn_cfg instead of merging these keys into it.
+model = dict(
+    backbone=dict(attn_cfg=dict(_delete_=True, type='mmsparse.Fibottention2d', offset_layout='2d')))

@@ -1,0 +1,7 @@
+# Attention ablation, RetinaNet 1x COCO:
+# dense global attention, the reference.
+_base_ = ['./retinanet_sparse-t_fpn_1x_coco.py']
+
+# _delete_: replace the base's attn_cfg instead of merging these keys into it.
+model = dict(
+    backbone=dict(attn_cfg=dict(_delete_=True, type='mmsparse.DenseAttention')))

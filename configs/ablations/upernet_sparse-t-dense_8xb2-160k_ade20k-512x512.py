@@ -1,0 +1,7 @@
+# Attention ablation, UperNet ADE20K 160k:
+# dense global attention, the reference.
+_base_ = ['./upernet_sparse-t_8xb2-160k_ade20k-512x512.py']
+
+# _delete_: replace the base's attn_cfg instead of merging these keys into it.
+model = dict(
+    backbone=dict(attn_cfg=dict(_delete_=True, type='mmsparse.DenseAttention')))

@@ -1,0 +1,216 @@
+"""Neighborhood attention and bi-level routing attention as ``torch.library`` custom ops,
+and their probe (recorded calls and attention probabilities).
+
+* ``torch.library.opcheck`` of ``mmsparse::neighborhood_attention_2d`` and
+  ``mmsparse::bi_level_routing_attention`` (schema, fake tensors, autograd registration,
+  AOT dispatch) on the torch backend in float64 and float32, and on the Triton backend
+  (the CPU interpreter without a GPU) for one case each.
+* Gradients through the custom ops equal those of the reference called directly, and
+  pass ``gradcheck`` (float64, tiny shapes).
+* ``torch.jit.trace`` records one ``mmsparse::`` node with ``q, k, v`` as its first
+  inputs (the FLOP counter reads them); under ONNX export the reference runs inline.
+* The probe: every row of the probabilities sums to 1, and ``probs @ V[key_index]``
+  reproduces the op output of those queries (float64, 1e-12).
+
+The Triton cases set ``TRITON_INTERPRET=1`` the way ``tests/test_ops/test_bra.py`` does.
+"""
+import os
+import sys
+
+import torch
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU and 'triton' not in sys.modules:
+    os.environ['TRITON_INTERPRET'] = '1'
+
+import pytest  # noqa: E402
+
+import mmsparse.ops.bra as bra_pkg  # noqa: E402
+import mmsparse.ops.na2d as na2d_pkg  # noqa: E402
+from mmsparse.ops import bi_level_routing_attention, neighborhood_attention_2d  # noqa: E402
+from mmsparse.ops._dispatch import ENV_VAR  # noqa: E402
+from mmsparse.ops.bra import bra_attention_reference, route_regions  # noqa: E402
+from mmsparse.ops.na2d import na2d_reference  # noqa: E402
+from mmsparse.ops.probe import attention_probabilities, record_op_calls  # noqa: E402
+from .test_bra import needs_kernels  # noqa: E402
+
+DEVICE = 'cuda' if ON_GPU else 'cpu'
+NA_OP = torch.ops.mmsparse.neighborhood_attention_2d.default
+BRA_OP = torch.ops.mmsparse.bi_level_routing_attention.default
+PROBE_TOL = dict(atol=1e-12, rtol=0)
+
+
+@pytest.fixture(autouse=True)
+def no_backend_env(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+def _na_inputs(dtype, with_rpb, shape=(1, 2, 7, 8, 4), kernel_size=3, seed=0, device='cpu'):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(shape, generator=gen, dtype=dtype).to(device).requires_grad_() for _ in range(3))
+    table = 2 * kernel_size - 1
+    rpb = torch.randn(shape[1], table, table, generator=gen, dtype=dtype).to(device).requires_grad_()
+    return q, k, v, rpb if with_rpb else None
+
+
+def _bra_inputs(dtype, n=1, size=(4, 6), c_qk=8, c_v=4, seed=0, device='cpu'):
+    gen = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(n, *size, c_qk, generator=gen, dtype=dtype).to(device).requires_grad_() for _ in range(2))
+    v = torch.randn(n, *size, c_v, generator=gen, dtype=dtype).to(device).requires_grad_()
+    return q, k, v
+
+
+# ----------------------------------------------------------------------------- opcheck
+
+# Pairwise cover of dtype x dilation x rpb (each opcheck traces with dynamic shapes: seconds).
+@pytest.mark.parametrize('dtype,dilation,with_rpb', [(torch.float64, 1, True), (torch.float64, 2, False),
+                                                     (torch.float32, 2, True), (torch.float32, 1, False)])
+def test_na2d_opcheck_torch(dtype, dilation, with_rpb):
+    q, k, v, rpb = _na_inputs(dtype, with_rpb)
+    torch.library.opcheck(NA_OP, (q, k, v, 3, dilation, rpb, 0.4, 'torch'))
+
+
+@needs_kernels
+def test_na2d_opcheck_triton():
+    q, k, v, rpb = _na_inputs(torch.float64, True, device=DEVICE)
+    torch.library.opcheck(NA_OP, (q, k, v, 3, 2, rpb, 0.4, 'triton'))
+
+
+@pytest.mark.parametrize('dtype,topk', [(torch.float64, 1), (torch.float64, 3), (torch.float32, 3)])
+def test_bra_opcheck_torch(dtype, topk):
+    q, k, v = _bra_inputs(dtype, size=(4, 4), c_qk=4, c_v=4)
+    torch.library.opcheck(BRA_OP, (q, k, v, 2, 2, topk, 0.4, 'torch'))
+
+
+@needs_kernels
+@pytest.mark.parametrize('topk', [1, 3])
+def test_bra_opcheck_triton(topk):
+    q, k, v = _bra_inputs(torch.float64, device=DEVICE)
+    torch.library.opcheck(BRA_OP, (q, k, v, 2, 2, topk, 0.4, 'triton'))
+
+
+# ----------------------------------------------------------------------------- gradients
+
+def _grads(fn, inputs):
+    """Output and gradients of ``fn`` at fresh leaves, for a fixed upstream gradient."""
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    wrt = [t for t in leaves if t is not None]
+    return out.detach(), torch.autograd.grad(out, wrt, upstream.to(out.device))
+
+
+@pytest.mark.parametrize('dilation,with_rpb', [(1, True), (2, True), (2, False)])
+def test_na2d_custom_op_gradients_equal_reference(dilation, with_rpb):
+    """The custom op's recomputing backward = autograd through the reference; and gradcheck."""
+    inputs = _na_inputs(torch.float64, with_rpb)
+    out, grads = _grads(lambda q, k, v, rpb: neighborhood_attention_2d(q, k, v, 3, dilation, rpb, 0.4), inputs)
+    ref_out, ref_grads = _grads(lambda q, k, v, rpb: na2d_reference(q, k, v, 3, dilation, rpb, 0.4), inputs)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    small = _na_inputs(torch.float64, with_rpb, shape=(1, 1, 6, 6, 2))
+    wrt = [t for t in small if t is not None]
+    assert torch.autograd.gradcheck(
+        lambda *t: neighborhood_attention_2d(*t[:3], 3, dilation, t[3] if with_rpb else None, 0.4), wrt)
+
+
+@pytest.mark.parametrize('topk', [1, 3])
+def test_bra_custom_op_gradients_equal_reference(topk):
+    inputs = _bra_inputs(torch.float64)
+
+    def direct(q, k, v):
+        return bra_attention_reference(q, k, v, route_regions(q, k, 2, topk, 0.4), 2, 2, 0.4)
+
+    out, grads = _grads(lambda q, k, v: bi_level_routing_attention(q, k, v, 2, 2, topk, 0.4), inputs)
+    ref_out, ref_grads = _grads(direct, inputs)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    small = _bra_inputs(torch.float64, size=(2, 4), c_qk=4, c_v=2)
+    assert torch.autograd.gradcheck(lambda q, k, v: bi_level_routing_attention(q, k, v, 2, 2, topk, 0.4), small)
+
+
+@needs_kernels
+def test_triton_custom_op_gradients_equal_reference():
+    """The triton backward custom ops (rerun forward kernel + backward kernel) = the reference."""
+    inputs = _na_inputs(torch.float64, True, device=DEVICE)
+    got = _grads(lambda q, k, v, rpb: neighborhood_attention_2d(q, k, v, 3, 2, rpb, backend='triton'), inputs)
+    want = _grads(lambda q, k, v, rpb: neighborhood_attention_2d(q, k, v, 3, 2, rpb, backend='torch'), inputs)
+    inputs = _bra_inputs(torch.float64, device=DEVICE)
+    got += _grads(lambda q, k, v: bi_level_routing_attention(q, k, v, 2, 2, 2, backend='triton'), inputs)
+    want += _grads(lambda q, k, v: bi_level_routing_attention(q, k, v, 2, 2, 2, backend='torch'), inputs)
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-8)
+
+
+# ----------------------------------------------------------------------------- tracing
+
+def _traced_kinds(fn, inputs):
+    graph = torch.jit.trace(fn, inputs, check_trace=False).graph
+    return [node for node in graph.nodes() if node.kind().startswith('mmsparse::')]
+
+
+def test_jit_trace_records_one_node_with_qkv_first():
+    q, k, v, rpb = (t.detach() for t in _na_inputs(torch.float32, True))
+    nodes = _traced_kinds(lambda q, k, v, rpb: neighborhood_attention_2d(q, k, v, 3, 2, rpb), (q, k, v, rpb))
+    assert [n.kind() for n in nodes] == ['mmsparse::neighborhood_attention_2d']
+    assert [i.debugName() for i in list(nodes[0].inputs())[:3]] == ['q', 'k', 'v']
+    q, k, v = (t.detach() for t in _bra_inputs(torch.float32))
+    nodes = _traced_kinds(lambda q, k, v: bi_level_routing_attention(q, k, v, 2, 2, 3), (q, k, v))
+    assert [n.kind() for n in nodes] == ['mmsparse::bi_level_routing_attention']
+    assert [i.debugName() for i in list(nodes[0].inputs())[:3]] == ['q', 'k', 'v']
+
+
+def test_inline_reference_skips_the_custom_ops(monkeypatch):
+    """While ONNX export traces, the public functions run their reference as plain aten ops."""
+    monkeypatch.setattr(na2d_pkg, 'inline_reference', lambda: True)
+    monkeypatch.setattr(bra_pkg, 'inline_reference', lambda: True)
+    q, k, v, rpb = (t.detach() for t in _na_inputs(torch.float64, True))
+    fn = lambda q, k, v, rpb: neighborhood_attention_2d(q, k, v, 3, 2, rpb, 0.4)  # noqa: E731
+    assert _traced_kinds(fn, (q, k, v, rpb)) == []
+    torch.testing.assert_close(fn(q, k, v, rpb), na2d_reference(q, k, v, 3, 2, rpb, 0.4), atol=1e-12, rtol=0)
+    q, k, v = (t.detach() for t in _bra_inputs(torch.float64))
+    assert _traced_kinds(lambda q, k, v: bi_level_routing_attention(q, k, v, 2, 2, 3), (q, k, v)) == []
+
+
+# ----------------------------------------------------------------------------- probe
+
+def _check_probe(call, queries, out_rows, v_rows):
+    """Rows sum to 1 and ``probs @ v_rows[key_index]`` = the op output rows of ``queries``.
+
+    ``out_rows``: (B, heads, Q_all, hd) op output per query; ``v_rows``: (B, heads, K_all, hd).
+    """
+    probs, key_index = attention_probabilities(call, queries)
+    assert probs.shape == key_index.shape == out_rows.shape[:2] + (len(queries), probs.shape[-1])
+    torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs[..., 0]), **PROBE_TOL)
+    values = v_rows.gather(2, key_index.flatten(2)[..., None].expand(-1, -1, -1, v_rows.shape[-1]))
+    got = torch.einsum('bnqk,bnqkc->bnqc', probs, values.unflatten(2, key_index.shape[2:]))
+    torch.testing.assert_close(got, out_rows[:, :, queries], **PROBE_TOL)
+
+
+@pytest.mark.parametrize('dilation,with_rpb,q_size', [(1, True, (7, 8)), (2, True, (7, 8)), (2, False, (5, 6))])
+def test_na2d_probe(dilation, with_rpb, q_size):
+    q, k, v, rpb = (None if t is None else t.detach() for t in _na_inputs(torch.float64, with_rpb))
+    q = q[:, :, :q_size[0], :q_size[1]]  # queries on the top-left corner of the key map
+    with record_op_calls() as calls:
+        out = neighborhood_attention_2d(q, k, v, 3, dilation, rpb)
+    (call, ) = calls
+    assert call.op == 'neighborhood_attention_2d' and call.arguments['scale'] == 4**-0.5
+    assert call.arguments['q'] is q and call.arguments['rpb'] is rpb and call.arguments['dilation'] == dilation
+    queries = torch.tensor([0, 1, q_size[1] + 3, q_size[0] * q_size[1] - 1])
+    _check_probe(call, queries, out.flatten(2, 3), v.flatten(2, 3))
+
+
+@pytest.mark.parametrize('topk', [1, 3])
+def test_bra_probe(topk):
+    q, k, v = (t.detach() for t in _bra_inputs(torch.float64, n=2, c_v=6))
+    with record_op_calls() as calls:
+        out = bi_level_routing_attention(q, k, v, 2, 2, topk)
+    (call, ) = calls
+    assert call.op == 'bi_level_routing_attention' and call.arguments['scale'] == 8**-0.5
+    assert call.arguments['topk'] == topk and call.arguments['num_heads'] == 2
+
+    def rows(t):  # (N, H, W, C) -> (N, heads, H*W, C/heads)
+        return t.flatten(1, 2).unflatten(-1, (2, -1)).transpose(1, 2)
+
+    _check_probe(call, torch.tensor([0, 5, 9, 23]), rows(out), rows(v))
