@@ -51,7 +51,8 @@ def _vit(**kw):
 # --------------------------------------------------------------------------- attention modules
 ATTENTION_CASES = [
     # (constructor, kwargs, error, match: the argument and what is allowed)
-    (NeighborhoodAttention2d, dict(embed_dims=30, num_heads=4), ValueError, r'num_heads=4 must divide embed_dims=30'),
+    (NeighborhoodAttention2d, dict(embed_dims=30, num_heads=4), ValueError,
+     r'num_heads=4 must be a positive divisor of embed_dims=30'),
     (NeighborhoodAttention2d, dict(embed_dims=32, num_heads=4, kernel_size=4), ValueError,
      r'kernel_size=4 must be an odd int >= 3'),
     (NeighborhoodAttention2d, dict(embed_dims=32, num_heads=4, kernel_size=1), ValueError,
@@ -68,7 +69,8 @@ ATTENTION_CASES = [
      r'lepe_kernel=4 is not allowed: .*positive odd int \(3, 5, 7'),
     (BiLevelRoutingAttention, dict(embed_dims=32, num_heads=2, n_win=2, topk=2, lepe_kernel=True), ValueError,
      r'lepe_kernel=True is not allowed: .*positive odd int'),
-    (GlobalAttentionLePE, dict(embed_dims=30, num_heads=4), ValueError, r'num_heads=4 must divide embed_dims=30'),
+    (GlobalAttentionLePE, dict(embed_dims=30, num_heads=4), ValueError,
+     r'num_heads=4 must be a positive divisor of embed_dims=30'),
     (GlobalAttentionLePE, dict(embed_dims=32, num_heads=4, lepe_kernel=0), ValueError,
      r'lepe_kernel=0 is not allowed: .*positive odd int'),
     (HierarchicalMHSA, dict(embed_dims=32, num_heads=5), ValueError,

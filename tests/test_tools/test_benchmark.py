@@ -101,11 +101,11 @@ def test_square_grid():
 
 
 @pytest.mark.parametrize('argv,needle', [
-    (['na2d', '--kernel-size', '4'], '--kernel-size=4'),
+    (['na2d', '--kernel-size', '4'], '--kernel-size: kernel_size=4 must be an odd int >= 3'),
     (['na2d', '--size', '10', '--kernel-size', '7', '--dilation', '2'], '--kernel-size * --dilation'),
     (['bra', '--size', '10', '--n-win', '3'], '--n-win=3'),
-    (['bra', '--n-win', '2', '--size', '8', '--topk', '5'], '--topk=5'),
-    (['bra', '--dim', '10', '--heads', '4'], '--heads=4'),
+    (['bra', '--n-win', '2', '--size', '8', '--topk', '5'], '--topk: topk=5 must be in [1, n_win**2 = 4]'),
+    (['bra', '--dim', '10', '--heads', '4'], '--heads: num_heads=4 must be a positive divisor of --dim=10'),
     (['hmhsa', '--dim', '10', '--heads', '4'], '--heads=4'),
     (['hmhsa', '--backends', 'official-mask'], 'official-mask'),
     (['fibottention', '--tokens', '1024', '0'], '--tokens=0'),

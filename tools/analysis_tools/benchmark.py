@@ -94,6 +94,7 @@ except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
     import mmsparse.ops as ops
 from mmsparse.ops.fibottention import LAYOUTS, MODES, fibottention_mask  # noqa: E402
+from mmsparse.ops._checks import check_kernel_size, check_num_heads, check_topk  # noqa: E402
 
 DTYPES = {'float16': torch.float16, 'fp16': torch.float16, 'bfloat16': torch.bfloat16,
           'bf16': torch.bfloat16, 'float32': torch.float32, 'fp32': torch.float32,
@@ -126,6 +127,14 @@ def _check_positive(error, args, *names):
         value = getattr(args, name)
         if value < 1:
             error(f'--{name.replace("_", "-")}={value} must be >= 1')
+
+
+def _shared_check(error, option, check, *values):
+    """Run one of the ops' own argument checks (``mmsparse.ops._checks``) as a usage error."""
+    try:
+        check(*values)
+    except ValueError as exc:
+        error(f'{option}: {exc}')
 
 
 def _map_size(size):
@@ -167,11 +176,10 @@ def bra_check(args, error):
         error(f'--size={args.size} must be positive')
     if height % args.n_win or width % args.n_win:
         error(f'--size {height}x{width} is not divisible by --n-win={args.n_win}')
-    if args.topk > args.n_win ** 2:
-        error(f'--topk={args.topk} must be in [1, n_win**2 = {args.n_win ** 2}]')
+    _shared_check(error, '--topk', check_topk, args.topk, args.n_win)
     for name in ('dim', 'qk_dim'):
-        if getattr(args, name) % args.heads:
-            error(f'--heads={args.heads} must divide --{name.replace("_", "-")}={getattr(args, name)}')
+        option = f'--{name.replace("_", "-")}'
+        _shared_check(error, '--heads', check_num_heads, args.heads, getattr(args, name), option)
 
 
 def bra_cases(args):
@@ -213,8 +221,7 @@ def na2d_args(parser):
 
 def na2d_check(args, error):
     _check_positive(error, args, 'batch', 'heads', 'head_dim', 'dilation')
-    if args.kernel_size < 3 or args.kernel_size % 2 == 0:
-        error(f'--kernel-size={args.kernel_size} must be an odd int >= 3')
+    _shared_check(error, '--kernel-size', check_kernel_size, args.kernel_size)
     height, width = _map_size(args.size)
     window = args.kernel_size * args.dilation
     if min(height, width) < window:

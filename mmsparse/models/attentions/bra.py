@@ -1,6 +1,7 @@
 from torch import nn
 
 from mmsparse.ops import bi_level_routing_attention
+from mmsparse.ops._checks import check_topk
 from mmsparse.registry import MODELS
 from ..layers import pad_nhwc_to_multiple
 from .base import TokenMixer
@@ -62,8 +63,7 @@ class BiLevelRoutingAttention(TokenMixer):
     def __init__(self, embed_dims, num_heads, n_win=7, topk=4, qk_dims=None, lepe_kernel=5,
                  auto_pad=True, backend=None):
         super().__init__()
-        if not 1 <= topk <= n_win * n_win:
-            raise ValueError(f'topk={topk} must be in [1, n_win**2 = {n_win * n_win}] for n_win={n_win}')
+        check_topk(topk, n_win)
         self.embed_dims = embed_dims
         self.qk_dims = qk_dims or embed_dims
         self.num_heads = num_heads

@@ -1,6 +1,7 @@
 import torch.nn.functional as F
 from torch import nn
 
+from mmsparse.ops._checks import check_num_heads
 from mmsparse.registry import MODELS
 from .base import TokenMixer
 
@@ -27,8 +28,7 @@ class DenseAttention(TokenMixer):
 
     def __init__(self, embed_dims, num_heads, qkv_bias=True):
         super().__init__()
-        if not isinstance(num_heads, int) or num_heads < 1 or embed_dims % num_heads:
-            raise ValueError(f'num_heads={num_heads!r} must be a positive divisor of embed_dims={embed_dims}')
+        check_num_heads(num_heads, embed_dims)
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)

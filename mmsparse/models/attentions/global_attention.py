@@ -1,6 +1,7 @@
 import torch.nn.functional as F
 from torch import nn
 
+from mmsparse.ops._checks import check_num_heads
 from mmsparse.registry import MODELS
 from .base import TokenMixer
 from .bra import build_lepe
@@ -30,8 +31,7 @@ class GlobalAttentionLePE(TokenMixer):
 
     def __init__(self, embed_dims, num_heads=8, lepe_kernel=5):
         super().__init__()
-        if embed_dims % num_heads:
-            raise ValueError(f'num_heads={num_heads} must divide embed_dims={embed_dims}')
+        check_num_heads(num_heads, embed_dims)
         self.num_heads = num_heads
         self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=False)
         self.lepe = build_lepe(embed_dims, lepe_kernel)

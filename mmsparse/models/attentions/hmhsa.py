@@ -1,6 +1,7 @@
 from torch import nn
 
 from mmsparse.ops import cell_average_pool, global_attention, grid_attention
+from mmsparse.ops._checks import check_num_heads
 from mmsparse.registry import MODELS
 from .base import TokenMixer
 
@@ -53,8 +54,7 @@ class HierarchicalMHSA(TokenMixer):
 
     def __init__(self, embed_dims, num_heads, grid_size=1, ds_ratio=1, drop=0., backend=None):
         super().__init__()
-        if not isinstance(num_heads, int) or num_heads < 1 or embed_dims % num_heads:
-            raise ValueError(f'num_heads={num_heads!r} must be a positive divisor of embed_dims={embed_dims}')
+        check_num_heads(num_heads, embed_dims)
         for name, value in (('grid_size', grid_size), ('ds_ratio', ds_ratio)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name}={value!r} must be a positive int')

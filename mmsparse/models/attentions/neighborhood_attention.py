@@ -4,6 +4,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import nn
 
 from mmsparse.ops import neighborhood_attention_2d
+from mmsparse.ops._checks import check_dilation, check_kernel_size, check_num_heads
 from mmsparse.registry import MODELS
 from .base import TokenMixer
 
@@ -42,12 +43,9 @@ class NeighborhoodAttention2d(TokenMixer):
     def __init__(self, embed_dims, num_heads, kernel_size=7, dilation=1, rel_pos_bias=True, qkv_bias=True,
                  qk_scale=None, backend=None):
         super().__init__()
-        if embed_dims % num_heads:
-            raise ValueError(f'num_heads={num_heads} must divide embed_dims={embed_dims}')
-        if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
-            raise ValueError(f'kernel_size={kernel_size!r} must be an odd int >= 3')
-        if not isinstance(dilation, int) or dilation < 1:
-            raise ValueError(f'dilation={dilation!r} must be an int >= 1')
+        check_num_heads(num_heads, embed_dims)
+        check_kernel_size(kernel_size)
+        check_dilation(dilation)
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.kernel_size = kernel_size

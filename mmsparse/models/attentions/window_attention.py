@@ -3,6 +3,7 @@ import torch.nn.functional as F
 from mmengine.model.weight_init import trunc_normal_
 from torch import nn
 
+from mmsparse.ops._checks import check_num_heads
 from mmsparse.registry import MODELS
 from ..layers import pad_nhwc_to_multiple
 from .base import TokenMixer
@@ -56,8 +57,7 @@ class WindowAttention(TokenMixer):
 
     def __init__(self, embed_dims, num_heads, window_size=7, shift=False, qkv_bias=True, block_index=0):
         super().__init__()
-        if not isinstance(num_heads, int) or num_heads < 1 or embed_dims % num_heads:
-            raise ValueError(f'num_heads={num_heads!r} must be a positive divisor of embed_dims={embed_dims}')
+        check_num_heads(num_heads, embed_dims)
         if not isinstance(window_size, int) or isinstance(window_size, bool) or window_size < 1:
             raise ValueError(f'window_size={window_size!r} must be a positive int')
         if not (isinstance(shift, bool) or shift == 'alternate'):

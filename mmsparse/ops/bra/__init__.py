@@ -11,7 +11,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .._checks import check_attention_tensors, check_positive_int, check_scale
+from .._checks import check_attention_tensors, check_positive_int, check_scale, check_topk
 from .._dispatch import check_triton_device, inline_reference, recompute_gradients, resolve_backend
 from ..probe import record_call, register_probabilities
 from .reference import (bra_attention_reference, bra_probabilities_reference, region_merge, region_partition,
@@ -150,8 +150,7 @@ def _check_inputs(q, k, v, num_heads, n_win, topk, scale):
     if height % n_win or width % n_win:
         raise ValueError(f'the map size {height}x{width} must be divisible by n_win={n_win}; '
                          'pad it first (the BRA module does this with auto_pad=True)')
-    if not 1 <= topk <= n_win * n_win:
-        raise ValueError(f'topk={topk} must be in [1, n_win**2 = {n_win * n_win}]')
+    check_topk(topk, n_win)
     for name, channels in (('Cqk', q.shape[-1]), ('Cv', v.shape[-1])):
         if channels % num_heads:
             raise ValueError(f'num_heads={num_heads} must divide {name}={channels}')

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._checks import check_attention_tensors, check_scale
+from .._checks import check_attention_tensors, check_dilation, check_kernel_size, check_scale
 from .._dispatch import check_triton_device, inline_reference, recompute_gradients, resolve_backend
 from ..probe import record_call, register_probabilities
 from .reference import (na2d_dense, na2d_logits_reference, na2d_probabilities_reference, na2d_reference,
@@ -139,10 +139,8 @@ def _check_inputs(q, k, v, kernel_size, dilation, rpb, scale):
         raise ValueError(f'k and v must be (B, heads, H, W, hd) maps of the same shape and q a '
                          f'(B, heads, Hq, Wq, hd) map with Hq <= H, Wq <= W; got q {tuple(q.shape)}, '
                          f'k {tuple(k.shape)}, v {tuple(v.shape)}')
-    if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
-        raise ValueError(f'kernel_size={kernel_size!r} must be an odd int >= 3')
-    if not isinstance(dilation, int) or dilation < 1:
-        raise ValueError(f'dilation={dilation!r} must be an int >= 1')
+    check_kernel_size(kernel_size)
+    check_dilation(dilation)
     height, width = k.shape[2:4]
     window = kernel_size * dilation
     if height < window or width < window:
