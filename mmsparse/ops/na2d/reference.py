@@ -185,9 +185,11 @@ def _may_mask_a_row(rpb):
 
     A fully masked row is NaN in the gather algorithm and the Triton kernels but 0 in
     SDPA, so such biases take the gather algorithm and every backend agrees. Not checked
-    while exporting (the bias is symbolic there; exported models have finite biases).
+    on traced values (export, compile, jit.trace, fake tensors), whose data is unknown: those take
+    the dense algorithm, which gives 0 for a fully masked row.
     """
-    if rpb is None or torch.onnx.is_in_onnx_export():
+    if (rpb is None or type(rpb) is not torch.Tensor or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()):
         return False
     return bool(torch.isinf(rpb).any())
 
