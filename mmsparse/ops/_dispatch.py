@@ -5,6 +5,7 @@ Priority: the op's ``backend=`` argument, then the environment variable
 other tensors to the pure-PyTorch reference.
 """
 import os
+from contextlib import contextmanager
 
 import torch
 
@@ -67,6 +68,47 @@ def inline_reference():
     return torch.onnx.is_in_onnx_export()
 
 
+_STATE = {'custom_op_autograd': False}   # see custom_op_autograd()
+
+
+def runs_inline(pure_torch, *tensors):
+    """True when a public op should run its implementation as plain aten ops, not its custom op.
+
+    * Under ONNX export (:func:`inline_reference`): ONNX has no ``mmsparse::`` op.
+    * An eager call on a pure-PyTorch path that autograd records (grad mode on and an
+      input that requires grad): a custom op keeps no graph of its implementation, so its
+      registered backward must rerun the forward (:func:`recompute_gradients`); inline,
+      autograd saves the forward's tensors and a training step costs what the official
+      code's does (one forward, one backward).
+
+    ``torch.compile``, ``torch.jit.trace`` (the FLOP counter), inference and the Triton
+    kernels keep the custom op; so does :func:`custom_op_autograd`.
+
+    Args:
+        pure_torch (bool): the resolved implementation is plain PyTorch (the torch
+            backend, or H-MHSA's SDPA path).
+        *tensors (Tensor | None): the op's tensor inputs.
+    """
+    if inline_reference():
+        return True
+    if not pure_torch or _STATE['custom_op_autograd'] or not torch.is_grad_enabled():
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
+@contextmanager
+def custom_op_autograd():
+    """Eager autograd calls go through the custom ops and their registered backward, as under
+    ``torch.compile`` (for tests of that backward, and to compare the two)."""
+    previous, _STATE['custom_op_autograd'] = _STATE['custom_op_autograd'], True
+    try:
+        yield
+    finally:
+        _STATE['custom_op_autograd'] = previous
+
+
 def recompute_gradients(fn, inputs, grad_output):
     """Gradients of ``fn(*inputs)`` for the backward of a custom op, by recomputing it.
 
@@ -119,5 +161,6 @@ def check_triton_device(name, *tensors):
                                f'{t.device}); use backend=\'torch\' or set TRITON_INTERPRET=1')
 
 
-__all__ = ['resolve_backend', 'inline_reference', 'recompute_gradients', 'torch_algorithm', 'DENSE_BELOW_TOKENS',
-           'triton_available', 'interpreting', 'check_triton_device', 'BACKENDS']
+__all__ = ['resolve_backend', 'inline_reference', 'runs_inline', 'custom_op_autograd', 'recompute_gradients',
+           'torch_algorithm', 'DENSE_BELOW_TOKENS', 'triton_available', 'interpreting', 'check_triton_device',
+           'BACKENDS']

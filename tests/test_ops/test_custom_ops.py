@@ -26,9 +26,13 @@ if not ON_GPU and 'triton' not in sys.modules:
 import pytest  # noqa: E402
 
 import mmsparse.ops.bra as bra_pkg  # noqa: E402
+import mmsparse.ops.fibottention as fib_pkg  # noqa: E402
+import mmsparse.ops.hmhsa as hmhsa_pkg  # noqa: E402
 import mmsparse.ops.na2d as na2d_pkg  # noqa: E402
-from mmsparse.ops import bi_level_routing_attention, neighborhood_attention_2d  # noqa: E402
-from mmsparse.ops._dispatch import ENV_VAR  # noqa: E402
+from mmsparse.ops import (bi_level_routing_attention, cell_average_pool, fibottention_attention,  # noqa: E402
+                          fibottention_pattern, global_attention, grid_attention, neighborhood_attention_2d)
+import mmsparse.ops._dispatch as dispatch  # noqa: E402
+from mmsparse.ops._dispatch import ENV_VAR, custom_op_autograd  # noqa: E402
 from mmsparse.ops.bra import bra_attention_reference, route_regions  # noqa: E402
 from mmsparse.ops.na2d import na2d_reference  # noqa: E402
 from mmsparse.ops.probe import attention_probabilities, record_op_calls  # noqa: E402
@@ -43,6 +47,13 @@ PROBE_TOL = dict(atol=1e-12, rtol=0)
 @pytest.fixture(autouse=True)
 def no_backend_env(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def through_the_custom_ops():
+    """Eager autograd calls take the custom ops' registered backward here, as under torch.compile."""
+    with custom_op_autograd():
+        yield
 
 
 def _na_inputs(dtype, with_rpb, shape=(1, 2, 7, 8, 4), kernel_size=3, seed=0, device='cpu'):
@@ -143,6 +154,42 @@ def test_triton_custom_op_gradients_equal_reference():
     torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-8)
 
 
+@pytest.mark.parametrize('op', ['na2d', 'bra', 'fibottention', 'grid', 'global', 'pool'])
+def test_eager_autograd_runs_inline_with_the_custom_op_gradients(op, monkeypatch):
+    """An eager call that autograd records runs the torch implementation inline (autograd keeps
+    the forward's tensors; no recomputing backward), with the custom op's output and gradients;
+    inference still calls the custom op."""
+    monkeypatch.setitem(dispatch._STATE, 'custom_op_autograd', False)   # undo the autouse fixture
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 5, 6, generator=gen, dtype=torch.float64)
+    pattern = fibottention_pattern((3, 4), 2, 1)
+    calls = {
+        'na2d': (na2d_pkg, '_na2d_op', _na_inputs(torch.float64, True),
+                 lambda q, k, v, rpb: neighborhood_attention_2d(q, k, v, 3, 2, rpb, 0.4, backend='torch')),
+        'bra': (bra_pkg, '_bra_op', _bra_inputs(torch.float64),
+                lambda q, k, v: bi_level_routing_attention(q, k, v, 2, 2, 3, 0.4, backend='torch')),
+        'fibottention': (fib_pkg, '_fib_op', [torch.randn(2, 2, 13, 4, generator=gen, dtype=torch.float64)
+                                              for _ in range(3)],
+                         lambda q, k, v: fibottention_attention(q, k, v, pattern, backend='torch')),
+        'grid': (hmhsa_pkg, '_grid_op', [x, x + 1, x - 1], lambda q, k, v: grid_attention(q, k, v, 2, 3)),
+        'global': (hmhsa_pkg, '_global_op', [x, x[..., :2, :3], x[..., 1:3, :3]],
+                   lambda q, k, v: global_attention(q, k, v, 2)),
+        'pool': (hmhsa_pkg, '_pool_op', [x], lambda x: cell_average_pool(x, 2)),
+    }
+    pkg, name, inputs, fn = calls[op]
+    custom_op, seen = getattr(pkg, name), []
+    monkeypatch.setattr(pkg, name, lambda *a: seen.append(1) or custom_op(*a))
+    inline = _grads(fn, inputs)
+    assert seen == []
+    with custom_op_autograd():
+        through_op = _grads(fn, inputs)
+    assert len(seen) == 1
+    torch.testing.assert_close(inline, through_op, atol=1e-12, rtol=0)
+    with torch.no_grad():
+        fn(*inputs)
+    assert len(seen) == 2
+
+
 # ----------------------------------------------------------------------------- tracing
 
 def _traced_kinds(fn, inputs):
@@ -163,8 +210,7 @@ def test_jit_trace_records_one_node_with_qkv_first():
 
 def test_inline_reference_skips_the_custom_ops(monkeypatch):
     """While ONNX export traces, the public functions run their reference as plain aten ops."""
-    monkeypatch.setattr(na2d_pkg, 'inline_reference', lambda: True)
-    monkeypatch.setattr(bra_pkg, 'inline_reference', lambda: True)
+    monkeypatch.setattr(dispatch, 'inline_reference', lambda: True)
     q, k, v, rpb = (t.detach() for t in _na_inputs(torch.float64, True))
     fn = lambda q, k, v, rpb: neighborhood_attention_2d(q, k, v, 3, 2, rpb, 0.4)  # noqa: E731
     assert _traced_kinds(fn, (q, k, v, rpb)) == []

@@ -28,7 +28,7 @@ import mmsparse.ops._dispatch as dispatch  # noqa: E402
 import mmsparse.ops.fibottention as fib_pkg  # noqa: E402
 import mmsparse.ops.hmhsa as hmhsa_pkg  # noqa: E402
 from mmsparse.ops import cell_average_pool, fibottention_attention, global_attention, grid_attention  # noqa: E402
-from mmsparse.ops._dispatch import ENV_VAR  # noqa: E402
+from mmsparse.ops._dispatch import ENV_VAR, custom_op_autograd  # noqa: E402
 from mmsparse.ops.fibottention import fibottention_mask, fibottention_pattern  # noqa: E402
 from mmsparse.ops.probe import attention_probabilities, record_op_calls  # noqa: E402
 from .test_fibottention import _naive, needs_kernels  # noqa: E402
@@ -48,6 +48,13 @@ OPCHECK_FAST = ('test_schema', 'test_autograd_registration', 'test_faketensor', 
 @pytest.fixture(autouse=True)
 def no_backend_env(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def through_the_custom_ops():
+    """Eager autograd calls take the custom ops' registered backward here, as under torch.compile."""
+    with custom_op_autograd():
+        yield
 
 
 @pytest.fixture(params=sorted(ALGORITHMS))

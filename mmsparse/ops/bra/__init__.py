@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_attention_tensors, check_positive_int, check_scale, check_topk
-from .._dispatch import check_triton_device, inline_reference, recompute_gradients, resolve_backend
+from .._dispatch import check_triton_device, recompute_gradients, resolve_backend, runs_inline
 from ..probe import record_call, register_probabilities
 from .reference import (bra_attention_reference, bra_probabilities_reference, region_merge, region_partition,
                         route_regions, routed_key_index)
@@ -52,7 +52,7 @@ def bi_level_routing_attention(q, k, v, num_heads, n_win, topk, scale=None,
     if resolved == 'triton':  # here, since on meta tensors the custom op runs its fake
         for name, t in (('q', q), ('k', k), ('v', v)):
             check_triton_device(name, t)
-    if inline_reference():
+    if runs_inline(resolved == 'torch', q, k, v):
         out, region_index = _implementation(q, k, v, num_heads, n_win, topk, scale, resolved)
     else:
         out, region_index = _bra_op(q, k, v, int(num_heads), int(n_win), int(topk), scale, resolved)

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .._checks import check_attention_tensors, check_scale
 from .._dispatch import (check_triton_device, inline_reference, recompute_gradients, resolve_backend,
-                         torch_algorithm)
+                         runs_inline, torch_algorithm)
 from ..probe import record_call, register_probabilities
 from .reference import (fibottention_dense, fibottention_gather, fibottention_probabilities_reference,
                         fibottention_reference, neighbor_index)
@@ -285,7 +285,7 @@ def fibottention_attention(q, k, v, pattern, scale=None, mode='sparse', with_cls
         excluded = pattern.dense_exclusion(mode, with_cls)
     args = (q, k, v, pattern.displacements, pattern.counts, index, valid, excluded, list(pattern.grid), scale,
             mode, bool(with_cls), resolved)
-    return _implementation(*args) if inline_reference() else _fib_op(*args)
+    return _implementation(*args) if runs_inline(resolved == 'torch', q, k, v) else _fib_op(*args)
 
 
 def _implementation(q, k, v, displacements, counts, index, valid, excluded, grid, scale, mode, with_cls,

@@ -160,7 +160,13 @@ def fibottention_dense(q, k, v, excluded, valid, scale, mode='sparse', with_cls=
     Returns:
         Tensor: (B, heads, T, D).
     """
-    logits = ((q @ k.transpose(-1, -2)) * scale).masked_fill(excluded, float('-inf') if mode == 'sparse' else 0.)
+    bsz, heads, tokens, head_dim = q.shape
+    # One kernel for ``scale * q @ k^T`` (baddbmm's alpha, beta=0 ignores the empty input), and
+    # the mask written into that fresh tensor: two passes over the (T, T) logits fewer than
+    # the official ``(q @ k^T) * scale * mask``; baddbmm's backward does not need its output.
+    logits = torch.baddbmm(q.new_empty(()), q.reshape(bsz * heads, tokens, head_dim),
+                           k.reshape(bsz * heads, tokens, head_dim).transpose(1, 2), beta=0., alpha=scale)
+    logits = logits.view(bsz, heads, tokens, tokens).masked_fill_(excluded, float('-inf') if mode == 'sparse' else 0.)
     out = logits.softmax(-1) @ v
     if mode == 'sparse' and not with_cls:
         # dense_exclusion leaves the rows with no kept key unmasked (finite softmax and

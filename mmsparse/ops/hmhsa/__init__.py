@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_attention_tensors, check_positive_int, check_scale
-from .._dispatch import inline_reference, recompute_gradients, resolve_backend
+from .._dispatch import inline_reference, recompute_gradients, resolve_backend, runs_inline
 from ..probe import record_call, register_probabilities
 from .reference import (attention_probabilities, attention_reference, merge_heads,
                         split_heads, window_key_mask, window_merge, window_partition,
@@ -99,7 +99,7 @@ def grid_attention(q, k, v, num_heads, grid_size, scale=None, backend=None):
     record_call('grid_attention', q=q, k=k, v=v, num_heads=num_heads, grid_size=grid_size, scale=scale,
                 backend=backend)
     resolved = _resolve(backend, q, k, v)
-    if inline_reference():
+    if runs_inline(True, q, k, v):
         return _grid_implementation(q, k, v, num_heads, grid_size, scale, resolved)
     return _grid_op(q, k, v, int(num_heads), int(grid_size), scale, resolved)
 
@@ -147,7 +147,7 @@ def global_attention(q, k, v, num_heads, scale=None, backend=None):
     scale = float((q.shape[1] // num_heads)**-0.5 if scale is None else scale)
     record_call('global_attention', q=q, k=k, v=v, num_heads=num_heads, scale=scale, backend=backend)
     resolved = _resolve(backend, q, k, v)
-    if inline_reference():
+    if runs_inline(True, q, k, v):
         return _global_implementation(q, k, v, num_heads, scale, resolved)
     return _global_op(q, k, v, int(num_heads), scale, resolved)
 
@@ -253,7 +253,7 @@ def cell_average_pool(x, ratio):
     _check_positive_int('ratio', ratio)
     if ratio == 1:
         return x
-    if inline_reference():
+    if runs_inline(True, x):
         return _pool_implementation(x, ratio)
     return _pool_op(x, int(ratio))
 

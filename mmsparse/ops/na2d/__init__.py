@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_attention_tensors, check_dilation, check_kernel_size, check_scale
-from .._dispatch import check_triton_device, inline_reference, recompute_gradients, resolve_backend
+from .._dispatch import check_triton_device, recompute_gradients, resolve_backend, runs_inline
 from ..probe import record_call, register_probabilities
 from .reference import (na2d_dense, na2d_logits_reference, na2d_probabilities_reference, na2d_reference,
                         na2d_torch, neighbor_key_index, neighborhood_indices)
@@ -60,7 +60,7 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
         for name, t in (('q', q), ('k', k), ('v', v), ('rpb', rpb)):
             if t is not None:
                 check_triton_device(name, t)
-    if inline_reference():
+    if runs_inline(resolved == 'torch', q, k, v, rpb):
         return _implementation(q, k, v, kernel_size, dilation, rpb, scale, resolved)
     return _na2d_op(q, k, v, kernel_size, dilation, rpb, scale, resolved)
 
