@@ -234,6 +234,59 @@ def test_dense_matches_gather(dilation, with_rpb, dtype):
             torch.testing.assert_close(got, want, **tol)
 
 
+def test_dense_masks_are_built_once(monkeypatch):
+    """na2d_dense builds each mask once per geometry and dtype, not per call; a first call under
+    inference mode does not poison the cache for training; the cached table still gives the
+    gather's rpb gradient."""
+    reference_module._cached_dense_mask.cache_clear()
+    builds = []
+    build = reference_module._build_dense_mask
+    monkeypatch.setattr(reference_module, '_build_dense_mask', lambda *a: builds.append(a[3]) or build(*a))
+    tensors, grad_out = _random_inputs(1, 2, 9, 11, 8, 3, True, torch.float64, seed=4)
+    tensors, grad_out = [t.cpu() for t in tensors], grad_out.cpu()
+
+    def dense(q, k, v, rpb):
+        return na2d_dense(q, k, v, 3, 2, rpb, 0.3)
+
+    with torch.inference_mode():
+        dense(*tensors)
+        dense(*tensors[:3], None)
+    for _ in range(2):
+        dense_out, dense_grads = _forward_backward(dense, tensors, grad_out)
+        _forward_backward(dense, tensors[:3] + [None], grad_out)
+    assert builds == [None, torch.float64]          # the bias index table, then the additive mask
+    dense(*[t.float() for t in tensors])            # the table serves every dtype
+    dense(*[t.float() for t in tensors[:3]], None)  # the additive mask does not
+    assert builds == [None, torch.float64, torch.float32]
+    ref_out, ref_grads = _forward_backward(lambda q, k, v, rpb: na2d_reference(q, k, v, 3, 2, rpb, 0.3),
+                                           tensors, grad_out)
+    torch.testing.assert_close(dense_out, ref_out, **F64_TOL)
+    torch.testing.assert_close(dense_grads[3], ref_grads[3], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize('with_rpb', [True, False])
+def test_dense_masks_are_built_in_the_graph_when_traced(with_rpb):
+    """Fake tensors (torch.compile, export) and torch.jit.trace (TorchScript ONNX) build the mask inside
+    the graph: no cached real tensor enters it, no quadratic constant is stored."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    reference_module._cached_dense_mask.cache_clear()
+    tensors, _ = _random_inputs(1, 2, 9, 11, 8, 3, with_rpb, torch.float64, seed=6)
+    tensors = [None if t is None else t.cpu() for t in tensors]
+    inputs = [t for t in tensors if t is not None]
+
+    def dense(q, k, v, rpb=None):
+        return na2d_dense(q, k, v, 3, 2, rpb, 0.3)
+
+    with FakeTensorMode() as mode:
+        assert dense(*[mode.from_tensor(t) for t in inputs]).shape == tensors[0].shape
+    traced = torch.jit.trace(dense, inputs, check_trace=False)  # the check would run it untraced
+    assert reference_module._cached_dense_mask.cache_info().currsize == 0
+    constants = [node.output().toIValue() for node in traced.graph.findAllNodes('prim::Constant')]
+    sizes = [c.numel() for c in constants if isinstance(c, torch.Tensor)]
+    assert max(sizes, default=0) < 9 * 11 * 9 * 11  # the (Nq, k*k) window indices at most, not an (Nq, Nk) mask
+    torch.testing.assert_close(traced(*inputs), na2d_reference(*tensors[:3], 3, 2, tensors[3], 0.3), **F64_TOL)
+
+
 @pytest.mark.parametrize('backend', ['torch', pytest.param('triton', marks=needs_kernels)])
 def test_queries_at_the_top_left_corner(backend):
     """q covering the top-left Hq x Wq corner = the full op cropped, gradients included."""

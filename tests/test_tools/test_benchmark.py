@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from mmsparse.ops import fibottention_attention, fibottention_pattern
+from mmsparse.ops import fibottention_attention, fibottention_pattern, neighborhood_attention_2d
 
 from ..conftest import REPO_ROOT, load_tool
 
@@ -32,7 +32,7 @@ def _run(argv):
 @pytest.mark.parametrize('op', sorted(TINY))
 def test_every_op_runs_on_cpu(op, capsys):
     """Rows, columns and the progress line; memory is n/a on CPU with --no-cpu-memory."""
-    backends = ['torch', 'dense-sdpa'] + (['official-mask'] if op == 'fibottention' else [])
+    backends = ['torch', 'dense-sdpa'] + (['official-mask'] if op in ('fibottention', 'na2d') else [])
     rows = _run([op] + TINY[op] + FAST + ['--backends'] + backends)
     expected = [(n, p, b) for n in TOKENS[op] for p in bench.PASSES for b in backends]
     assert [(r['tokens'], r['pass_'], r['backend']) for r in rows] == expected
@@ -54,6 +54,7 @@ def test_default_backends_and_triton_note(monkeypatch, capsys):
     args = bench.parse_args(['fibottention'] + TINY['fibottention'])
     assert args.backends == ['torch', 'triton', 'dense-sdpa', 'official-mask']
     assert bench.parse_args(['bra']).backends == ['torch', 'triton', 'dense-sdpa']
+    assert bench.parse_args(['na2d']).backends == ['torch', 'triton', 'dense-sdpa', 'official-mask']
     with monkeypatch.context() as m:
         # nothing imports triton in here: triton reads TRITON_INTERPRET once, when first imported
         m.delenv('TRITON_INTERPRET', raising=False)
@@ -90,6 +91,38 @@ def test_official_mask_baseline_matches_official_mode(layout, with_cls):
     # and it is not the sparse (-inf) semantics: the comparison above can fail
     sparse = fibottention_attention(q, k, v, pattern, mode='sparse', with_cls=with_cls, backend='torch')
     assert (baseline - sparse).abs().max() > 1e-3
+
+
+def test_na2d_bias_index_worked_example():
+    """Rows of 13 with k=5, d=2 (the window rules' worked example) times columns of 10 (classes of exactly k)."""
+    table = bench.build_na2d_bias_index(13, 10, 5, 2).view(13, 10, 13, 10)
+    query = table[12, 0]  # rows 4, 6, .., 12 (bias rows 0..4) x columns 0, 2, .., 8 (bias columns 4..8)
+    inside = query < 81
+    assert inside.sum() == 25
+    assert inside.nonzero().tolist() == [[r, c] for r in (4, 6, 8, 10, 12) for c in (0, 2, 4, 6, 8)]
+    assert query[inside].tolist() == [br * 9 + bc for br in range(5) for bc in range(4, 9)]
+    assert (table < 81).sum((2, 3)).eq(25).all()  # every query: k*k keys
+
+
+@pytest.mark.parametrize('dilation', [1, 2])
+@pytest.mark.parametrize('with_rpb', [True, False])
+def test_na2d_official_mask_baseline_matches_the_op(dilation, with_rpb):
+    """The benchmarked baseline (mask built independently of the op) = the op, outputs and gradients."""
+    argv = ['na2d'] + TINY['na2d'][:-2] + ['--dilation', str(dilation)] + ([] if with_rpb else ['--no-rpb'])
+    case, = bench.na2d_cases(bench.parse_args(argv))
+    fn, leaves, shape = case.factories['official-mask'](torch.device('cpu'), torch.float64,
+                                                        torch.Generator().manual_seed(0))
+    assert len(leaves) == 3 + with_rpb
+    grad_out = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = []
+    for f in (fn, lambda q, k, v, rpb=None: neighborhood_attention_2d(q, k, v, 3, dilation, rpb, backend='torch')):
+        inputs = [t.detach().clone().requires_grad_() for t in leaves]
+        out = f(*inputs)
+        results.append((out.detach(), torch.autograd.grad(out, inputs, grad_out)))
+    (out, grads), (want, want_grads) = results
+    torch.testing.assert_close(out, want, atol=1e-10, rtol=0)
+    for got, expected in zip(grads, want_grads):
+        torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
 
 
 def test_square_grid():
@@ -132,11 +165,13 @@ def test_script_runs_standalone():
     assert 'H-MHSA' in result.stdout
 
 
-NA2D_MEMORY = ['na2d', '--size', '32', '--heads', '2', '--head-dim', '16', '--kernel-size', '7',
+# 40x40 = 1600 key tokens: the gather algorithm (DENSE_BELOW_TOKENS); below it the dense one runs
+# flash SDPA with a cached mask, whose memory hardly grows with the batch
+NA2D_MEMORY = ['na2d', '--size', '40', '--heads', '2', '--head-dim', '16', '--kernel-size', '7',
                '--warmup', '0', '--iters', '1', '--device', 'cpu', '--dtype', 'float32', '--passes', 'fwd',
                '--backends', 'torch']
-# (B, heads, N, k*k, head_dim) fp32 gathered keys and values of the reference: 12.25 MiB per image
-GATHERED_MIB_PER_IMAGE = 2 * 2 * 1024 * 49 * 16 * 4 / 2 ** 20
+# (B, heads, N, k*k, head_dim) fp32 gathered keys and values of the reference: 19.1 MiB per image
+GATHERED_MIB_PER_IMAGE = 2 * 2 * 1600 * 49 * 16 * 4 / 2 ** 20
 
 
 @pytest.mark.slow

@@ -8,12 +8,14 @@ import os.path as osp
 import pytest
 import torch
 
+from mmsparse.models.attentions import Fibottention2d
 from mmsparse.models.backbones import NAT, BiFormer, FibottentionViT, HATNet
+from mmsparse.ops.fibottention import fibonacci_offsets
 
 from ..conftest import REPO_ROOT, load_tool
 from ..utils import run_command, write_shrunk_config
 
-pytest.importorskip('onnxruntime', reason='the onnx extra (requirements/onnx.txt) is not installed')
+onnxruntime = pytest.importorskip('onnxruntime', reason='the onnx extra (requirements/onnx.txt) is not installed')
 tool = load_tool('deployment/pytorch2onnx.py')
 
 ATOL = 1e-4
@@ -35,7 +37,9 @@ BACKBONES = {
 # size's Python branches fails there: BiFormer pads its 6x5 stage-3 map to n_win=2
 # (pad_nhwc_to_multiple); HAT-Net's 14x18 stage-1 map is not a multiple of its grid
 # size 8 (grid_attention's window mask). NAT needs no padding; 96x80 changes its sizes.
-SECOND_SHAPE = {'biformer': (96, 80), 'nat': (96, 80), 'hatnet': (56, 72)}
+# FibottentionViT pads 100x72 to its 7x5 patch grid, whose pattern differs from the traced
+# 4x4 grid's (test_fibottention_second_shape_changes_the_pattern).
+SECOND_SHAPE = {'biformer': (96, 80), 'nat': (96, 80), 'hatnet': (56, 72), 'fibottention': (100, 72)}
 SEG_CONFIG = 'configs/biformer/upernet_biformer-t_1xb4-200it_synthetic-ade20k-96x96.py'
 
 
@@ -65,22 +69,30 @@ def test_dynamic_backbone_matches_onnxruntime_at_two_sizes(family, tmp_path):
     _export_and_verify(family, tmp_path, dynamic=True)
 
 
-def test_dynamic_fibottention_is_refused_naming_the_reason(tmp_path):
-    """FibottentionViT exports at a fixed size only; --dynamic says why, before any trace."""
-    out = tmp_path / 'fib.onnx'
-    with pytest.raises(ValueError, match=r'--dynamic \(dynamic=True\) is not supported for FibottentionViT.*'
-                       r'Fibottention2d: its Fibonacci key pattern .*wmax = N // 3'):
-        tool.export(BACKBONES['fibottention']().eval(), EXPORT_SHAPE, str(out), batch=2, dynamic=True)
-    assert not out.exists()
+def test_fibottention_second_shape_changes_the_pattern():
+    """The dynamic check of FibottentionViT can fail: a graph that kept the traced pattern differs there."""
+    layer_0 = [fibonacci_offsets(gh * gw, 2, 0) for gh, gw in ((4, 4), (7, 5))]
+    assert layer_0[0] != layer_0[1]
 
 
-def test_fibottention_layer_refuses_a_symbolic_grid():
-    """The layer's own guard: a direct dynamic torch.export fails instead of baking the pattern."""
-    model = BACKBONES['fibottention']().eval()
+@pytest.mark.parametrize('mode, layout', [('sparse', '1d'), ('official', '2d'),
+                                          pytest.param('official', '1d', marks=pytest.mark.slow),
+                                          pytest.param('sparse', '2d', marks=pytest.mark.slow)])
+def test_dynamic_fibottention_mixer_matches_onnxruntime(layout, mode, tmp_path):
+    """The mixer alone (no CLS: sparse mode has rows with no kept key) in one graph for every map size."""
+    mixer = Fibottention2d(16, 4, layer_id=3, mode=mode, offset_layout=layout).eval()
+    path = str(tmp_path / 'mixer.onnx')
     auto = torch.export.Dim.AUTO
-    with pytest.raises(ValueError, match=r'Fibottention2d cannot be exported with a dynamic token grid'):
-        torch.export.export(model, (torch.randn(2, 3, *EXPORT_SHAPE), ), strict=False,
-                            dynamic_shapes=({0: auto, 2: auto, 3: auto}, ))
+    torch.onnx.export(mixer, (torch.randn(2, 6, 5, 16), ), dynamo=True, input_names=['input'],
+                      dynamic_shapes=({0: auto, 1: auto, 2: auto}, )).save(path)
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((2, 6, 5), (1, 1, 9), (3, 11, 7), (1, 16, 16)):
+        x = torch.randn(*shape, 16, generator=gen)
+        with torch.no_grad():
+            expected = mixer(x)
+        got, = session.run(None, {'input': x.numpy()})
+        assert (torch.from_numpy(got) - expected).abs().max() <= ATOL, shape
 
 
 @pytest.mark.slow

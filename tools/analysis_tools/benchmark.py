@@ -34,9 +34,13 @@ float32 on CPU), ``--device`` (default cuda if available), ``--warmup``,
 * ``dense-sdpa``: ``F.scaled_dot_product_attention`` on (B, heads, N, head_dim)
   q/k/v with the same token count N and head dims, i.e. full dense attention at
   that size, the baseline sparse attention has to beat;
-* ``official-mask`` (fibottention only): the official dense computation, logits
-  ``q @ k^T * scale`` multiplied by the 0/1 Fibottention mask (built once, outside
-  the timed loop), softmax, ``@ v``; the semantics of ``mode='official'``;
+* ``official-mask`` (fibottention and na2d): the official semantics as one dense
+  computation with a mask built once, outside the timed loop. Fibottention: logits
+  ``q @ k^T * scale`` multiplied by the 0/1 Fibottention mask, softmax, ``@ v`` (the
+  semantics of ``mode='official'``). na2d: ``F.scaled_dot_product_attention`` over the
+  flattened maps with the NA window as a boolean mask (``--no-rpb``) or, with rpb, as an
+  additive mask gathered from the ``rpb`` leaf on every call (so rpb gets its gradient)
+  through an index table built once;
 * ``eager`` / ``compile`` (model only): the backbone as built, and ``torch.compile``
   of it (``--compile``; compiled and run once outside the timed loop). The timed call
   is the backbone forward on a ``(batch, 3, H, W)`` image plus the sum of its feature
@@ -94,6 +98,7 @@ except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
     import mmsparse.ops as ops
 from mmsparse.ops.fibottention import LAYOUTS, MODES, fibottention_mask  # noqa: E402
+from mmsparse.ops.na2d import neighborhood_indices  # noqa: E402
 from mmsparse.ops._checks import check_kernel_size, check_num_heads, check_topk  # noqa: E402
 
 DTYPES = {'float16': torch.float16, 'fp16': torch.float16, 'bfloat16': torch.bfloat16,
@@ -229,26 +234,71 @@ def na2d_check(args, error):
               f'{args.kernel_size} * {args.dilation} = {window} on both sides')
 
 
+def build_na2d_bias_index(height, width, kernel_size, dilation, device=None):
+    """The official NA window and bias of every (query, key) pair of an ``H x W`` map, as one dense table.
+
+    Args:
+        height, width (int): map size, at least ``kernel_size * dilation``.
+        kernel_size (int): odd window size ``k``.
+        dilation (int): dilation ``d``.
+        device (torch.device, optional): device of the table. Defaults to None (CPU).
+
+    Returns:
+        Tensor: (H*W, H*W) int64; entry ``[i*W + j, r*W + c]`` is the flat index
+        ``br * (2k-1) + bc`` into ``rpb[head].flatten()`` when key ``(r, c)`` is in the
+        window of query ``(i, j)`` (``br``, ``bc``: its bias row and column), and
+        ``(2k-1)**2`` (one past the bias: the ``-inf`` slot) outside.
+    """
+    rows, bias_rows = neighborhood_indices(height, kernel_size, dilation, device)
+    cols, bias_cols = neighborhood_indices(width, kernel_size, dilation, device)
+    side = 2 * kernel_size - 1
+    table = torch.full((height, width, height, width), side**2, dtype=torch.long, device=device)
+    i = torch.arange(height, device=device)[:, None, None, None]
+    j = torch.arange(width, device=device)[None, :, None, None]
+    # (H, W, k, k): query (i, j) and its window's key (rows[i, ti], cols[j, tj])
+    table[i, j, rows[:, None, :, None], cols[None, :, None, :]] = \
+        bias_rows[:, None, :, None] * side + bias_cols[None, :, None, :]
+    return table.view(height * width, height * width)
+
+
 def na2d_cases(args):
     height, width = _map_size(args.size)
     b, heads, hd, ks = args.batch, args.heads, args.head_dim, args.kernel_size
     shape = (b, heads, height, width, hd)
+    tokens = height * width
+
+    def inputs(device, dtype, gen):
+        leaves = tuple(_randn(gen, shape, device, dtype) for _ in range(3))
+        if not args.no_rpb:
+            leaves += (_randn(gen, (heads, 2 * ks - 1, 2 * ks - 1), device, dtype), )
+        return leaves
 
     def op(backend):
         def factory(device, dtype, gen):
-            leaves = tuple(_randn(gen, shape, device, dtype) for _ in range(3))
-            if not args.no_rpb:
-                leaves += (_randn(gen, (heads, 2 * ks - 1, 2 * ks - 1), device, dtype), )
-
             def fn(q, k, v, rpb=None):
                 return ops.neighborhood_attention_2d(q, k, v, ks, args.dilation, rpb, backend=backend)
 
-            return fn, leaves, shape
+            return fn, inputs(device, dtype, gen), shape
         return factory
 
-    tokens = height * width
+    def official(device, dtype, gen):
+        table = build_na2d_bias_index(height, width, ks, args.dilation, device)  # once, outside the timed loop
+        keep = table < (2 * ks - 1)**2
+
+        def fn(q, k, v, rpb=None):
+            if rpb is None:
+                mask = keep
+            else:  # the -inf slot appended to the bias masks the keys outside the windows
+                bias = F.pad(rpb.flatten(1), (0, 1), value=float('-inf'))
+                # (1, heads, N, N): SDPA on CPU takes a far slower path with a 3-D mask
+                mask = bias.index_select(1, table.flatten()).view(1, heads, tokens, tokens)
+            out = F.scaled_dot_product_attention(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3), attn_mask=mask)
+            return out.view(shape)
+
+        return fn, inputs(device, dtype, gen), shape
+
     factories = {'torch': op('torch'), 'triton': op('triton'),
-                 'dense-sdpa': _dense_sdpa(b, heads, tokens, hd)}
+                 'dense-sdpa': _dense_sdpa(b, heads, tokens, hd), 'official-mask': official}
     yield Case(f'NA2D: B={b} HxW={height}x{width} (N={tokens}) heads={heads} head_dim={hd} '
                f'kernel_size={ks} dilation={args.dilation} rpb={not args.no_rpb}', factories, tokens=tokens)
 
@@ -457,7 +507,8 @@ class Op:
 _BASE = ('torch', 'triton', 'dense-sdpa')
 OPS = {
     'bra': Op('bi-level routing attention (BiFormer)', bra_args, bra_check, bra_cases, _BASE),
-    'na2d': Op('2-D (dilated) neighborhood attention (NAT, DiNAT)', na2d_args, na2d_check, na2d_cases, _BASE),
+    'na2d': Op('2-D (dilated) neighborhood attention (NAT, DiNAT)', na2d_args, na2d_check, na2d_cases,
+               _BASE + ('official-mask', )),
     'fibottention': Op('Fibottention (ViT)', fibottention_args, fibottention_check, fibottention_cases,
                        _BASE + ('official-mask', )),
     'hmhsa': Op('H-MHSA grid + global attention (HAT-Net)', hmhsa_args, hmhsa_check, hmhsa_cases, _BASE,
@@ -478,7 +529,7 @@ def build_parser():
     group.add_argument('--seed', type=int, default=0, help='input seed (default 0)')
     group.add_argument('--passes', nargs='+', choices=PASSES, default=list(PASSES))
     group.add_argument('--backends', nargs='+', choices=ALL_BACKENDS, default=None,
-                       help='default: every backend of the op (official-mask is fibottention only; '
+                       help='default: every backend of the op (official-mask: fibottention and na2d only; '
                        'model: eager, plus compile with --compile)')
     group.add_argument('--no-cpu-memory', action='store_true',
                        help='on CPU, skip the peak-RSS measurement (one fresh process per row)')

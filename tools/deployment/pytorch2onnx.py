@@ -31,14 +31,15 @@ Shape logic on the sizes is symbolic-friendly: no Python branch on a symbolic si
 changes the graph (BiFormer's ``pad_nhwc_to_multiple`` always pads and H-MHSA always
 builds its window mask under ``torch.export``), and size arithmetic avoids negative
 floor division, which ONNX's truncating integer division would get wrong. So BiFormer,
-NAT and HAT-Net export one graph for all sizes (tests/test_tools/test_onnx_export.py
-checks a second size that needs padding where the traced one did not). The printed
+NAT, HAT-Net and FibottentionViT export one graph for all sizes
+(tests/test_tools/test_onnx_export.py checks a second size that needs padding where the
+traced one did not). FibottentionViT's key pattern, a Python function of the token grid,
+is then built in the graph from the symbolic grid as a dense mask
+(``fibottention_attention_traced`` in ``mmsparse/ops/fibottention``), so the graph holds
+``(heads, T, T)`` masks and logits at every size (the dense torch algorithm). The printed
 range can be narrower than the valid one: HAT-Net traced at sides <= 112 reports
 height <= 112, a guard on its stage-3 window count of 1 (the graph was checked at
-160x48; traced at 128x128 both axes are unbounded). FibottentionViT exports at a fixed
-size only and ``--dynamic`` is refused for it naming the reason
-(``Fibottention2d.static_export_reason``): its Fibonacci key pattern is built in
-Python from the token count.
+160x48; traced at 128x128 both axes are unbounded).
 """
 import argparse
 import math
@@ -134,24 +135,6 @@ def dynamic_ranges(program):
     return ranges
 
 
-def check_dynamic_export(model):
-    """Refuse a dynamic export of a model with a layer that exports at a fixed size only.
-
-    Such layers say why in a ``static_export_reason`` attribute; refusing before the
-    trace gives that reason instead of a graph baked at the traced size or the
-    exporter's strict fallback.
-
-    Raises:
-        ValueError: naming each such layer type and its reason.
-    """
-    reasons = {type(m).__name__: m.static_export_reason for m in model.modules()
-               if getattr(m, 'static_export_reason', None)}
-    if reasons:
-        listed = '; '.join(f'{name}: {reason}' for name, reason in reasons.items())
-        raise ValueError(f'--dynamic (dynamic=True) is not supported for {type(model).__name__}, whose layers '
-                         f'export at a fixed size only ({listed}); export without --dynamic at each --shape')
-
-
 def export(model, shape, out, batch=1, dynamic=False, opset=18):
     """Export ``model`` on a ``(batch, 3, H, W)`` example to ``out``.
 
@@ -165,13 +148,7 @@ def export(model, shape, out, batch=1, dynamic=False, opset=18):
 
     Returns:
         dict | None: :func:`dynamic_ranges` with ``dynamic``, else None.
-
-    Raises:
-        ValueError: ``dynamic`` for a model with a fixed-size layer, see
-            :func:`check_dynamic_export`.
     """
-    if dynamic:
-        check_dynamic_export(model)
     example = torch.randn(batch, 3, *shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         n_out = len(_flat_outputs(model(example)))

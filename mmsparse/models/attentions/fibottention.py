@@ -1,7 +1,7 @@
 import torch
 
 from mmsparse.ops.fibottention import (LAYOUTS, MODES, SHUFFLES, fibottention_attention,
-                                       fibottention_pattern)
+                                       fibottention_attention_traced, fibottention_pattern)
 from mmsparse.registry import MODELS
 from .dense import DenseAttention
 
@@ -20,9 +20,14 @@ class Fibottention2d(DenseAttention):
 
     The layer's head-shuffled Wythoff/Fibonacci pattern (:mod:`mmsparse.ops.fibottention`)
     over the flattened grid is built per grid and cached per device; the mask
-    itself is never materialised. :meth:`forward` attends the ``H x W`` map without
-    a CLS token (a query whose pattern keeps no key in ``'sparse'`` mode outputs
-    ``proj`` of zeros); :class:`~mmsparse.models.backbones.FibottentionViT` calls
+    itself is never materialised, except under a dynamic ``torch.export`` (a symbolic
+    grid, e.g. ``tools/deployment/pytorch2onnx.py --dynamic``): there the dense mask is
+    built in the graph from the grid size
+    (:func:`~mmsparse.ops.fibottention.fibottention_attention_traced`, the torch backend
+    whatever ``backend`` says), so that one graph serves every size.
+    :meth:`forward` attends the ``H x W`` map without a CLS token (a query whose pattern
+    keeps no key in ``'sparse'`` mode outputs ``proj`` of zeros);
+    :class:`~mmsparse.models.backbones.FibottentionViT` calls
     :meth:`forward_tokens` with its CLS token, whose row and column are kept, as in
     the official model. Parameters are those of :class:`DenseAttention`.
     Registered as ``mmsparse.Fibottention2d``.
@@ -46,13 +51,6 @@ class Fibottention2d(DenseAttention):
         (N, H, W, C) -> (N, H, W, C)
     """
 
-    # Read by tools/deployment/pytorch2onnx.py, which refuses --dynamic for a model with
-    # this layer naming it, and raised by pattern() under a symbolic-size torch.export.
-    static_export_reason = (
-        'its Fibonacci key pattern is computed in Python from the token count N (caps up to '
-        'wmax = N // 3 and Fibonacci runs under them), so the offsets and their number per head '
-        'change with N and a graph traced at one size would keep its pattern at every size')
-
     def __init__(self, embed_dims, num_heads, layer_id=0, mode='sparse', shuffle='per_layer',
                  offset_layout='1d', qkv_bias=True, backend=None):
         check_fibottention_options(mode=mode, shuffle=shuffle, offset_layout=offset_layout)
@@ -65,16 +63,7 @@ class Fibottention2d(DenseAttention):
         self._patterns = {}
 
     def pattern(self, grid_size, device):
-        """This layer's :class:`~mmsparse.ops.fibottention.FibPattern` on ``device`` (cached).
-
-        Raises:
-            ValueError: ``grid_size`` symbolic under ``torch.export`` (a dynamic export),
-                see ``static_export_reason``.
-        """
-        if torch.compiler.is_exporting() and not all(isinstance(s, int) for s in grid_size):
-            raise ValueError(f'{type(self).__name__} cannot be exported with a dynamic token grid '
-                             f'(grid_size={tuple(grid_size)}): {self.static_export_reason}; '
-                             'export it at a fixed input size')
+        """This layer's :class:`~mmsparse.ops.fibottention.FibPattern` on ``device`` (cached)."""
         # Plain ints: under torch.jit.trace (FLOP counting) sizes arrive as traced values,
         # which would miss the cache and rebuild the pattern inside the trace.
         grid_size = tuple(int(s) for s in grid_size)
@@ -85,6 +74,10 @@ class Fibottention2d(DenseAttention):
         return self._patterns[key]
 
     def attend(self, q, k, v, grid_size, with_cls):
+        if torch.compiler.is_exporting() and not all(isinstance(s, int) for s in grid_size):
+            # A dynamic torch.export: the pattern of a symbolic grid is built in the graph.
+            return fibottention_attention_traced(q, k, v, grid_size, self.layer_id, self.offset_layout,
+                                                 self.shuffle, mode=self.mode, with_cls=with_cls)
         return fibottention_attention(q, k, v, self.pattern(grid_size, q.device), mode=self.mode,
                                       with_cls=with_cls, backend=self.backend)
 

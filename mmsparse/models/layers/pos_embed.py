@@ -23,7 +23,9 @@ def resize_pos_embed(pos_embed, src_grid, dst_grid, num_extra_tokens=1):
     if pos_embed.dim() != 3 or pos_embed.shape[1] != expected:
         raise ValueError(f'pos_embed.shape={tuple(pos_embed.shape)} does not match src_grid={src_grid} '
                          f'with num_extra_tokens={num_extra_tokens} (expected (1, {expected}, C))')
-    if src_grid == dst_grid:
+    # A symbolic grid (a dynamic torch.export) is always resized: comparing it with src_grid
+    # would bake the traced size's branch into the graph (bicubic to the same size is the identity).
+    if all(isinstance(s, int) for s in dst_grid) and src_grid == dst_grid:
         return pos_embed
     extra, grid = pos_embed[:, :num_extra_tokens], pos_embed[:, num_extra_tokens:]
     grid = grid.reshape(1, *src_grid, -1).permute(0, 3, 1, 2)

@@ -21,6 +21,11 @@ table drives the reference and the Triton kernels, and serves both layouts:
   wrap-around of 1-D offsets at row ends, at the price of degenerate sets on
   small grids (see ``configs/fibottention/README.md``).
 
+:func:`fibottention_attention_traced` serves a graph traced with a symbolic grid (a dynamic
+``torch.export``, ``tools/deployment/pytorch2onnx.py --dynamic``), where no pattern can be
+computed: it builds the dense mask in the graph from the grid size
+(:func:`fibottention_mask_traced`, equal to the pattern's mask, see :mod:`.traced_pattern`).
+
 :func:`fibottention_attention` runs as the ``torch.library`` custom op
 ``mmsparse::fibottention_attention(q, k, v, displacements, counts, index, valid,
 excluded, grid, scale, mode, with_cls, backend)`` (see :func:`_fib_op`), inline under ONNX
@@ -39,6 +44,7 @@ from .._checks import check_attention_tensors, check_scale
 from .._dispatch import (check_triton_device, inline_reference, recompute_gradients, resolve_backend,
                          runs_inline, torch_algorithm)
 from ..probe import record_call, register_probabilities
+from . import traced_pattern
 from .reference import (fibottention_dense, fibottention_gather, fibottention_probabilities_reference,
                         fibottention_reference, neighbor_index)
 
@@ -103,12 +109,8 @@ class FibPattern:
         In sparse mode a row with no kept key (possible without CLS) is left unmasked so
         that its softmax and gradients stay finite; the dense algorithm zeroes its output.
         """
-        def build():
-            kept = fibottention_mask(self, with_cls)
-            excluded = ~kept
-            return excluded & kept.any(-1, keepdim=True) if mode == 'sparse' else excluded
-
-        return self._cached(('dense_exclusion', mode, bool(with_cls)), build)
+        return self._cached(('dense_exclusion', mode, bool(with_cls)),
+                            lambda: _dense_exclusion(fibottention_mask(self, with_cls), mode))
 
     def __repr__(self):
         return (f'FibPattern(grid={self.grid}, num_heads={self.num_heads}, '
@@ -160,25 +162,57 @@ def fibonacci_offsets(num_patches, num_heads, layer_id=0, shuffle='per_layer', i
         list[list[int]]: offsets of head slot ``h``, in Fibonacci order (may
         repeat a value, or contain 0, only with ``is_modified``).
     """
-    _check_choice('shuffle', shuffle, SHUFFLES)
-    for name, value, low in (('num_patches', num_patches, 1), ('num_heads', num_heads, 1),
-                             ('layer_id', layer_id, 0)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f'{name}={value!r} must be an int >= {low}')
+    _check_layer(num_heads, layer_id, shuffle)
+    _check_min_int('num_patches', num_patches, 1)
     wmax = num_patches // 3 if wmax is None else wmax
     runs = []
     for i in range(1, num_heads + 1):
-        a = math.floor(math.floor(i * PHI) * PHI)
-        b = math.floor(math.floor(i * PHI) * PHI**2)
-        # H == 1 divides by zero in the official code; head 1 always gets wmin.
+        # H == 1 divides by zero in the official code; head 1 always gets wmin. The in-graph
+        # construction (traced_pattern.head_caps) repeats this arithmetic on tensors.
         cap = wmin if num_heads == 1 else wmin + int((wmax - wmin) / (num_heads - 1) * (i - 1))
-        if is_modified:
-            a, b = a - (b - a), b - a
-        runs.append(_fibonacci_run(a, b, cap))
+        runs.append(_fibonacci_run(*_wythoff_start(i, is_modified), cap))
+    return [runs[p] for p in _slot_heads(num_heads, layer_id, shuffle)]
+
+
+def _wythoff_start(i, is_modified):
+    """First two terms of head ``i``'s (1-based) run: its Wythoff pair, one step back when modified."""
+    a = math.floor(math.floor(i * PHI) * PHI)
+    b = math.floor(math.floor(i * PHI) * PHI**2)
+    return (a - (b - a), b - a) if is_modified else (a, b)
+
+
+def _slot_heads(num_heads, layer_id, shuffle):
+    """The head (0-based, before shuffling) whose run head slot ``h`` uses, for every slot."""
     if shuffle == 'none':
-        return runs
-    perm = head_permutation(num_heads, layer_id if shuffle == 'per_layer' else 0)
-    return [runs[p] for p in perm]
+        return list(range(num_heads))
+    return head_permutation(num_heads, layer_id if shuffle == 'per_layer' else 0)
+
+
+# Every candidate offset of a traced mask is a Fibonacci term up to this bound: a larger one
+# would need more than 2**31 tokens, hence a (T, T) mask of 2**62 entries, to matter.
+RUN_BOUND = 2**31
+
+
+@lru_cache(maxsize=256)
+def fibonacci_candidates(num_heads, layer_id=0, shuffle='per_layer', is_modified=False):
+    """What :func:`fibonacci_offsets` keeps at any token count, before its caps cut the runs.
+
+    The shuffle and the Wythoff pairs do not depend on the token count, only the caps do, so
+    a head slot's offsets at any ``N`` are a prefix of its whole run: its first term, then
+    the later terms up to the slot's cap (:func:`~.traced_pattern.head_caps`).
+
+    Args:
+        num_heads, layer_id, shuffle, is_modified: see :func:`fibonacci_offsets`.
+
+    Returns:
+        tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]: per head slot, the head
+        ``i - 1`` (0-based, before shuffling) whose cap it has, and its Fibonacci run up to
+        :data:`RUN_BOUND` (the first term always). Cached and shared.
+    """
+    _check_layer(num_heads, layer_id, shuffle)
+    runs = [tuple(_fibonacci_run(*_wythoff_start(i, is_modified), RUN_BOUND)) for i in range(1, num_heads + 1)]
+    heads = _slot_heads(num_heads, layer_id, shuffle)
+    return tuple(heads), tuple(runs[p] for p in heads)
 
 
 @lru_cache(maxsize=256)
@@ -240,6 +274,69 @@ def fibottention_mask(pattern, with_cls=True):
     mask = torch.ones(heads, n + 1, n + 1, dtype=torch.bool, device=index.device)
     mask[:, 1:, 1:] = patch
     return mask
+
+
+def fibottention_mask_traced(grid_size, num_heads, layer_id=0, layout='1d', shuffle='per_layer', is_modified=False,
+                             wmin=5, with_cls=True, device=None):
+    """:func:`fibottention_mask` of :func:`fibottention_pattern`, built with tensor ops in the graph.
+
+    For a graph traced with a symbolic grid (a dynamic ``torch.export``), where the pattern,
+    a Python function of the grid, cannot be computed: the head slots' whole Fibonacci runs
+    (:func:`fibonacci_candidates`) are constants and the caps are computed from the grid
+    (:func:`~.traced_pattern.kept_mask`). Called with ints, it equals the pattern's mask.
+
+    Args:
+        grid_size (tuple): patch grid ``(gh, gw)``, ints or ``SymInt``.
+        num_heads, layer_id, layout, shuffle, is_modified, wmin: see :func:`fibottention_pattern`.
+        with_cls (bool): prepend the CLS row and column. Defaults to True.
+        device (torch.device, optional): where to build. Defaults to None (torch's default device).
+
+    Returns:
+        Tensor: (heads, T, T) bool with ``T = gh * gw + with_cls``; True = kept.
+    """
+    _check_choice('layout', layout, LAYOUTS)
+    heads, runs = fibonacci_candidates(num_heads, layer_id, shuffle, is_modified)
+    width = max(len(run) for run in runs)
+    candidates = torch.tensor([run + (-1, ) * (width - len(run)) for run in runs], dtype=torch.int64, device=device)
+    head_index = torch.tensor(heads, dtype=torch.int64, device=device)
+    return traced_pattern.kept_mask(tuple(grid_size), candidates, head_index, num_heads, wmin, layout, with_cls)
+
+
+def fibottention_attention_traced(q, k, v, grid_size, layer_id=0, layout='1d', shuffle='per_layer',
+                                  is_modified=False, wmin=5, scale=None, mode='sparse', with_cls=True):
+    """:func:`fibottention_attention` on a grid that may be symbolic: for a dynamic ``torch.export``.
+
+    The dense torch algorithm (:func:`fibottention_dense`) with the mask of
+    :func:`fibottention_mask_traced`, as plain aten ops (no custom op, no Triton, not seen
+    by the probe), so one traced graph serves every grid size. Its memory grows with
+    ``T**2``, as the dense algorithm's; eager and compiled calls, which know their grid,
+    use :func:`fibottention_attention` and its cached :class:`FibPattern`.
+
+    Args:
+        q, k, v (Tensor): (B, heads, T, D) with ``T = gh * gw + with_cls``.
+        grid_size (tuple): patch grid ``(gh, gw)``, ints or ``SymInt``.
+        layer_id, layout, shuffle, is_modified, wmin: see :func:`fibottention_pattern`.
+        scale (float, optional): logit scale. Defaults to ``D ** -0.5``.
+        mode (str): see :func:`fibottention_attention`. Defaults to ``'sparse'``.
+        with_cls (bool): token 0 is a CLS token: its row and column are kept. Defaults to True.
+
+    Returns:
+        Tensor: (B, heads, T, D).
+    """
+    _check_choice('mode', mode, MODES)
+    check_attention_tensors('fibottention_attention', {'q': q, 'k': k, 'v': v})
+    check_scale('fibottention_attention', scale)
+    _check_qkv_shapes(q, k, v)
+    gh, gw = grid_size
+    if q.shape[2] != gh * gw + int(with_cls):
+        raise ValueError(f'q.shape[2]={q.shape[2]} tokens does not match grid_size={tuple(grid_size)} '
+                         f'with with_cls={with_cls}')
+    scale = float(q.shape[-1]**-0.5 if scale is None else scale)
+    kept = fibottention_mask_traced(grid_size, q.shape[1], layer_id, layout, shuffle, is_modified, wmin, with_cls,
+                                    q.device)
+    c = int(with_cls)
+    # valid only says which patch rows keep a key (sparse mode without CLS): the patch block does.
+    return fibottention_dense(q, k, v, _dense_exclusion(kept, mode), kept[:, c:, c:], scale, mode, with_cls)
 
 
 def fibottention_attention(q, k, v, pattern, scale=None, mode='sparse', with_cls=True, backend=None):
@@ -381,9 +478,34 @@ def fibottention_probabilities(queries, q, k, v, pattern, scale, mode='sparse', 
     return fibottention_probabilities_reference(queries, q, k, index, valid, scale, mode, with_cls)
 
 
+def _dense_exclusion(kept, mode):
+    """``excluded`` of :func:`fibottention_dense` from a (heads, T, T) kept mask (see
+    :meth:`FibPattern.dense_exclusion`)."""
+    excluded = ~kept
+    return excluded & kept.any(-1, keepdim=True) if mode == 'sparse' else excluded
+
+
+def _check_min_int(name, value, low):
+    if not isinstance(value, int) or value < low:
+        raise ValueError(f'{name}={value!r} must be an int >= {low}')
+
+
+def _check_layer(num_heads, layer_id, shuffle):
+    """The arguments that fix a layer's head slots (:func:`fibonacci_candidates`)."""
+    _check_choice('shuffle', shuffle, SHUFFLES)
+    _check_min_int('num_heads', num_heads, 1)
+    _check_min_int('layer_id', layer_id, 0)
+
+
 def _check_choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(f'{name}={value!r} is not supported; expected one of {allowed}')
+
+
+def _check_qkv_shapes(q, k, v):
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f'q, k, v must all be (B, heads, T, D) with the same shape; got q '
+                         f'{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}')
 
 
 def _check_inputs(q, k, v, pattern, mode, with_cls, scale):
@@ -393,9 +515,7 @@ def _check_inputs(q, k, v, pattern, mode, with_cls, scale):
     if not isinstance(pattern, FibPattern):
         raise TypeError(f'pattern must be a FibPattern (see fibottention_pattern), got '
                         f'{type(pattern).__name__}')
-    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f'q, k, v must all be (B, heads, T, D) with the same shape; got q '
-                         f'{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}')
+    _check_qkv_shapes(q, k, v)
     n_patch = pattern.grid[0] * pattern.grid[1]
     if q.shape[2] != n_patch + int(with_cls):
         raise ValueError(f'q.shape[2]={q.shape[2]} tokens does not match the pattern grid '
@@ -405,7 +525,7 @@ def _check_inputs(q, k, v, pattern, mode, with_cls, scale):
                          f'{pattern.num_heads} heads')
 
 
-__all__ = ['fibottention_attention', 'fibottention_pattern', 'fibonacci_offsets', 'head_permutation',
-           'fibottention_mask', 'neighbor_index', 'fibottention_reference', 'fibottention_gather',
-           'fibottention_dense', 'fibottention_probabilities', 'FibPattern', 'MODES',
-           'SHUFFLES', 'LAYOUTS']
+__all__ = ['fibottention_attention', 'fibottention_attention_traced', 'fibottention_pattern', 'fibonacci_offsets',
+           'fibonacci_candidates', 'head_permutation', 'fibottention_mask', 'fibottention_mask_traced',
+           'neighbor_index', 'fibottention_reference', 'fibottention_gather', 'fibottention_dense',
+           'fibottention_probabilities', 'FibPattern', 'MODES', 'SHUFFLES', 'LAYOUTS', 'RUN_BOUND']

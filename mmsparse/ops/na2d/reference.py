@@ -143,15 +143,70 @@ def _flat_window(q_shape, k_shape, kernel_size, dilation, device):
     return keys.reshape(num_rows * num_cols, -1), bias.reshape(num_rows * num_cols, -1)
 
 
+def _traced(q):
+    """Whether ``q`` is traced (fake or functional tensors, maybe symbolic shapes: the
+    AOTAutograd backward, torch.export, torch.compile): a cached real tensor cannot enter
+    that graph, so the indices and masks are built inside it."""
+    return type(q) is not torch.Tensor or torch.compiler.is_compiling()
+
+
 def _window(q, k, kernel_size, dilation):
     """:func:`_flat_window` of the maps of ``q`` and ``k``, from the cache when not traced."""
     args = (tuple(q.shape[2:4]), tuple(k.shape[2:4]), kernel_size, dilation, q.device)
-    if type(q) is not torch.Tensor or torch.compiler.is_compiling():
-        # Traced (fake or functional tensors, maybe symbolic shapes: the AOTAutograd
-        # backward, torch.export): a cached real tensor cannot enter that graph, so build
-        # the indices inside it.
+    if _traced(q):
         return _flat_window.__wrapped__(*args)
-    return _flat_window(*args)
+    # Built outside inference mode: a cached inference tensor would break every later
+    # call that autograd records.
+    with torch.inference_mode(False):
+        return _flat_window(*args)
+
+
+def _build_dense_mask(keys, bias, num_keys, dtype, kernel_size):
+    """The (Hq*Wq, H*W) mask of :func:`na2d_dense` from the :func:`_flat_window` indices.
+
+    Args:
+        keys, bias (Tensor): (Hq*Wq, k*k) int64 flat key and bias indices.
+        num_keys (int): ``H*W``.
+        dtype (torch.dtype | None): None for the bias index table, else the dtype of the
+            additive mask.
+        kernel_size (int): window size ``k``.
+
+    Returns:
+        Tensor: with ``dtype`` None, int64: the flat ``(2k-1)**2`` bias index inside each
+        query's window and ``(2k-1)**2`` (the ``-inf`` slot appended to the bias) outside;
+        otherwise the additive mask in ``dtype``: 0 inside, ``-inf`` outside.
+    """
+    if dtype is None:
+        table = keys.new_full((keys.shape[0], num_keys), (2 * kernel_size - 1)**2)
+        return table.scatter(1, keys, bias)
+    mask = torch.full((keys.shape[0], num_keys), float('-inf'), dtype=dtype, device=keys.device)
+    return mask.scatter(1, keys, 0.0)
+
+
+@lru_cache(maxsize=8)
+def _cached_dense_mask(q_shape, k_shape, kernel_size, dilation, device, dtype):
+    """:func:`_build_dense_mask` per geometry, device and dtype.
+
+    Cached like :func:`_flat_window`, but fewer entries: a mask is quadratic in the tokens
+    (up to 20 MiB below the dense crossover of 1600 keys).
+    """
+    keys, bias = _flat_window(q_shape, k_shape, kernel_size, dilation, device)
+    return _build_dense_mask(keys, bias, k_shape[0] * k_shape[1], dtype, kernel_size)
+
+
+def _dense_mask(q, k, kernel_size, dilation, dtype):
+    """:func:`_build_dense_mask` of the maps of ``q`` and ``k``, from the cache when not traced.
+
+    Built inside the graph under ``torch.jit.trace`` too (the TorchScript ONNX exporter,
+    ``torch.onnx.export(dynamo=False)``), whose graph would otherwise hold the quadratic
+    mask as a constant of every layer.
+    """
+    height, width = k.shape[2:4]
+    if _traced(q) or torch.jit.is_tracing():
+        keys, bias = _window(q, k, kernel_size, dilation)
+        return _build_dense_mask(keys, bias, height * width, dtype, kernel_size)
+    with torch.inference_mode(False):  # as in _window
+        return _cached_dense_mask(tuple(q.shape[2:4]), (height, width), kernel_size, dilation, q.device, dtype)
 
 
 def neighbor_key_index(q, k, kernel_size, dilation):
@@ -164,20 +219,28 @@ def na2d_dense(q, k, v, kernel_size, dilation, rpb, scale):
 
     Same arguments and result as :func:`na2d_reference`. The additive mask holds
     ``rpb`` inside each query's window and ``-inf`` outside; every window has ``k*k``
-    real keys, so no row is fully masked.
+    real keys, so no row is fully masked. Without ``rpb`` the mask is cached per geometry;
+    with it, one ``index_select`` of a cached index table gathers it from ``rpb`` (so
+    autograd sums the gradient of the bias with one ``index_add``).
     """
-    batch, heads, num_rows, num_cols, head_dim = q.shape
-    height, width = k.shape[2:4]
-    keys, bias = _window(q, k, kernel_size, dilation)
-    mask = q.new_full((num_rows * num_cols, height * width), float('-inf'))
+    num_rows, num_cols = q.shape[2:4]
     if rpb is None:
-        mask = mask.scatter(1, keys, 0.0)
+        mask = _dense_mask(q, k, kernel_size, dilation, q.dtype)
     else:
-        values = rpb.to(q.dtype).flatten(1)[:, bias]
-        mask = mask.expand(heads, -1, -1).scatter(2, keys.expand(heads, -1, -1), values)
+        table = _dense_mask(q, k, kernel_size, dilation, None)
+        bias = F.pad(rpb.to(q.dtype).flatten(1), (0, 1), value=float('-inf'))
+        # (1, heads, Nq, Nk): SDPA on CPU takes a far slower path with a 3-D mask.
+        mask = bias.index_select(1, table.flatten()).unflatten(1, table.shape).unsqueeze(0)
     out = F.scaled_dot_product_attention(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3),
                                          attn_mask=mask, scale=scale)
-    return out.unflatten(2, (num_rows, num_cols))
+    out = out.unflatten(2, (num_rows, num_cols))
+    if _traced(q):
+        # The layout of SDPA's output depends on the kernel it picks (the fused CPU kernel's
+        # is heads-inner), and the ONNX exporter's decompositions may pick another kernel
+        # than the one whose strides the captured graph recorded; a copy fixes the layout.
+        # (``contiguous()`` would be dropped: the captured strides are already contiguous.)
+        out = out.clone(memory_format=torch.contiguous_format)
+    return out
 
 
 def _may_mask_a_row(rpb):
