@@ -68,21 +68,22 @@ def inline_reference():
     return torch.onnx.is_in_onnx_export()
 
 
-_STATE = {'custom_op_autograd': False}   # see custom_op_autograd()
+_STATE = {'through_custom_ops': False}   # see through_custom_ops()
 
 
 def runs_inline(pure_torch, *tensors):
     """True when a public op should run its implementation as plain aten ops, not its custom op.
 
     * Under ONNX export (:func:`inline_reference`): ONNX has no ``mmsparse::`` op.
-    * An eager call on a pure-PyTorch path that autograd records (grad mode on and an
-      input that requires grad): a custom op keeps no graph of its implementation, so its
-      registered backward must rerun the forward (:func:`recompute_gradients`); inline,
-      autograd saves the forward's tensors and a training step costs what the official
-      code's does (one forward, one backward).
+    * An eager call of a pure-PyTorch path on plain tensors. The custom op would add a
+      dispatch round trip to every call, and, when autograd records the call, a backward
+      that reruns the forward (a custom op keeps no graph of its implementation, see
+      :func:`recompute_gradients`); inline, autograd saves the forward's tensors and a
+      training step costs what the official code's does (one forward, one backward).
 
-    ``torch.compile``, ``torch.jit.trace`` (the FLOP counter), inference and the Triton
-    kernels keep the custom op; so does :func:`custom_op_autograd`.
+    The custom op stays where it is one node of a graph: under ``torch.compile``,
+    ``torch.export`` and ``torch.jit.trace`` (the FLOP counter), on fake, functional or meta
+    tensors, for the Triton kernels, and inside :func:`through_custom_ops`.
 
     Args:
         pure_torch (bool): the resolved implementation is plain PyTorch (the torch
@@ -91,22 +92,22 @@ def runs_inline(pure_torch, *tensors):
     """
     if inline_reference():
         return True
-    if not pure_torch or _STATE['custom_op_autograd'] or not torch.is_grad_enabled():
+    if not pure_torch or _STATE['through_custom_ops']:
         return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
         return False
-    return any(t is not None and t.requires_grad for t in tensors)
+    return all(t is None or (type(t) is torch.Tensor and not t.is_meta) for t in tensors)
 
 
 @contextmanager
-def custom_op_autograd():
-    """Eager autograd calls go through the custom ops and their registered backward, as under
-    ``torch.compile`` (for tests of that backward, and to compare the two)."""
-    previous, _STATE['custom_op_autograd'] = _STATE['custom_op_autograd'], True
+def through_custom_ops():
+    """Eager calls go through the custom ops (and their registered backward) as in a traced
+    graph: for the tests of the custom ops, and to compare the two."""
+    previous, _STATE['through_custom_ops'] = _STATE['through_custom_ops'], True
     try:
         yield
     finally:
-        _STATE['custom_op_autograd'] = previous
+        _STATE['through_custom_ops'] = previous
 
 
 def recompute_gradients(fn, inputs, grad_output):
@@ -161,6 +162,6 @@ def check_triton_device(name, *tensors):
                                f'{t.device}); use backend=\'torch\' or set TRITON_INTERPRET=1')
 
 
-__all__ = ['resolve_backend', 'inline_reference', 'runs_inline', 'custom_op_autograd', 'recompute_gradients',
+__all__ = ['resolve_backend', 'inline_reference', 'runs_inline', 'through_custom_ops', 'recompute_gradients',
            'torch_algorithm', 'DENSE_BELOW_TOKENS', 'triton_available', 'interpreting', 'check_triton_device',
            'BACKENDS']

@@ -32,7 +32,7 @@ import mmsparse.ops.na2d as na2d_pkg  # noqa: E402
 from mmsparse.ops import (bi_level_routing_attention, cell_average_pool, fibottention_attention,  # noqa: E402
                           fibottention_pattern, global_attention, grid_attention, neighborhood_attention_2d)
 import mmsparse.ops._dispatch as dispatch  # noqa: E402
-from mmsparse.ops._dispatch import ENV_VAR, custom_op_autograd  # noqa: E402
+from mmsparse.ops._dispatch import ENV_VAR, through_custom_ops  # noqa: E402
 from mmsparse.ops.bra import bra_attention_reference, route_regions  # noqa: E402
 from mmsparse.ops.na2d import na2d_reference  # noqa: E402
 from mmsparse.ops.probe import attention_probabilities, record_op_calls  # noqa: E402
@@ -52,7 +52,7 @@ def no_backend_env(monkeypatch):
 @pytest.fixture(autouse=True)
 def through_the_custom_ops():
     """Eager autograd calls take the custom ops' registered backward here, as under torch.compile."""
-    with custom_op_autograd():
+    with through_custom_ops():
         yield
 
 
@@ -155,11 +155,11 @@ def test_triton_custom_op_gradients_equal_reference():
 
 
 @pytest.mark.parametrize('op', ['na2d', 'bra', 'fibottention', 'grid', 'global', 'pool'])
-def test_eager_autograd_runs_inline_with_the_custom_op_gradients(op, monkeypatch):
-    """An eager call that autograd records runs the torch implementation inline (autograd keeps
-    the forward's tensors; no recomputing backward), with the custom op's output and gradients;
-    inference still calls the custom op."""
-    monkeypatch.setitem(dispatch._STATE, 'custom_op_autograd', False)   # undo the autouse fixture
+def test_eager_calls_run_inline_with_the_custom_op_gradients(op, monkeypatch):
+    """An eager call on plain tensors runs the torch implementation inline (autograd keeps the
+    forward's tensors; no recomputing backward), with the custom op's output and gradients;
+    a jit trace (the FLOP counter) still records the custom op."""
+    monkeypatch.setitem(dispatch._STATE, 'through_custom_ops', False)   # undo the autouse fixture
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 5, 6, generator=gen, dtype=torch.float64)
     pattern = fibottention_pattern((3, 4), 2, 1)
@@ -181,12 +181,14 @@ def test_eager_autograd_runs_inline_with_the_custom_op_gradients(op, monkeypatch
     monkeypatch.setattr(pkg, name, lambda *a: seen.append(1) or custom_op(*a))
     inline = _grads(fn, inputs)
     assert seen == []
-    with custom_op_autograd():
+    with through_custom_ops():
         through_op = _grads(fn, inputs)
     assert len(seen) == 1
     torch.testing.assert_close(inline, through_op, atol=1e-12, rtol=0)
     with torch.no_grad():
         fn(*inputs)
+    assert len(seen) == 1
+    torch.jit.trace(fn, tuple(t.detach() for t in inputs if t is not None), check_trace=False)
     assert len(seen) == 2
 
 

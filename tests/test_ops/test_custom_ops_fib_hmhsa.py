@@ -28,7 +28,7 @@ import mmsparse.ops._dispatch as dispatch  # noqa: E402
 import mmsparse.ops.fibottention as fib_pkg  # noqa: E402
 import mmsparse.ops.hmhsa as hmhsa_pkg  # noqa: E402
 from mmsparse.ops import cell_average_pool, fibottention_attention, global_attention, grid_attention  # noqa: E402
-from mmsparse.ops._dispatch import ENV_VAR, custom_op_autograd  # noqa: E402
+from mmsparse.ops._dispatch import ENV_VAR, through_custom_ops  # noqa: E402
 from mmsparse.ops.fibottention import fibottention_mask, fibottention_pattern  # noqa: E402
 from mmsparse.ops.probe import attention_probabilities, record_op_calls  # noqa: E402
 from .test_fibottention import _naive, needs_kernels  # noqa: E402
@@ -53,7 +53,7 @@ def no_backend_env(monkeypatch):
 @pytest.fixture(autouse=True)
 def through_the_custom_ops():
     """Eager autograd calls take the custom ops' registered backward here, as under torch.compile."""
-    with custom_op_autograd():
+    with through_custom_ops():
         yield
 
 
@@ -91,8 +91,8 @@ def _fib_inputs(grid, heads, with_cls, dtype=torch.float64, device='cpu', dim=4,
 def _fib_op_args(q, k, v, pattern, mode, with_cls, backend, algorithm):
     pattern = pattern.to(q.device)
     index, valid = pattern.neighbours()
-    excluded = pattern.dense_exclusion(mode, with_cls) if algorithm == 'dense' else None
-    return (q, k, v, pattern.displacements, pattern.counts, index, valid, excluded, list(pattern.grid), 0.5,
+    mask = pattern.dense_mask(mode, with_cls, q.dtype) if algorithm == 'dense' else None
+    return (q, k, v, pattern.displacements, pattern.counts, index, valid, mask, list(pattern.grid), 0.5,
             mode, with_cls, backend)
 
 
@@ -186,6 +186,12 @@ def test_dense_exclusion_matches_mask():
     empty = ~mask.any(-1)
     assert empty.any() and not sparse[empty].any()          # empty rows stay unmasked
     assert torch.equal(sparse[~empty], ~mask[~empty])
+    # The float masks of the dense algorithm: additive in sparse mode, the 0/1 official mask.
+    additive = pattern.dense_mask('sparse', False, torch.float64)
+    assert additive.dtype == torch.float64 and torch.equal(additive == float('-inf'), sparse)
+    assert torch.equal(additive[~sparse], torch.zeros_like(additive[~sparse]))
+    assert torch.equal(pattern.dense_mask('official', False, torch.float32), mask.float())
+    assert pattern.dense_mask('official', False, torch.float32) is pattern.dense_mask('official', False, torch.float32)
 
 
 def test_dense_algorithm_is_the_default_at_vit_s_size():

@@ -135,9 +135,9 @@ def test_reference_matches_naive_masking(mode, grid, heads, layout, with_cls):
     grad = torch.randn(2, heads, tokens, 4, generator=gen, dtype=torch.float64)
     results = []
     index, valid = pattern.neighbours()
-    excluded = pattern.dense_exclusion(mode, with_cls)
+    dense_mask = pattern.dense_mask(mode, with_cls, q.dtype)
     for fn in (lambda *a: fibottention_reference(*a, pattern, 0.5, mode, with_cls),
-               lambda *a: fibottention_dense(*a, excluded, valid, 0.5, mode, with_cls),
+               lambda *a: fibottention_dense(*a, dense_mask, valid, 0.5, mode, with_cls),
                lambda *a: _naive(*a, mask, 0.5, mode)):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         out = fn(*leaves)

@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from mmsparse.ops import fibottention_attention, fibottention_pattern, neighborhood_attention_2d
+from mmsparse.ops import (bi_level_routing_attention, fibottention_attention, fibottention_pattern,
+                          neighborhood_attention_2d)
 
 from ..conftest import REPO_ROOT, load_tool
 
@@ -32,7 +33,8 @@ def _run(argv):
 @pytest.mark.parametrize('op', sorted(TINY))
 def test_every_op_runs_on_cpu(op, capsys):
     """Rows, columns and the progress line; memory is n/a on CPU with --no-cpu-memory."""
-    backends = ['torch', 'dense-sdpa'] + (['official-mask'] if op in ('fibottention', 'na2d') else [])
+    official = {'fibottention': ['official-mask'], 'na2d': ['official-mask'], 'bra': ['official-gather']}
+    backends = ['torch', 'dense-sdpa'] + official.get(op, [])
     rows = _run([op] + TINY[op] + FAST + ['--backends'] + backends)
     expected = [(n, p, b) for n in TOKENS[op] for p in bench.PASSES for b in backends]
     assert [(r['tokens'], r['pass_'], r['backend']) for r in rows] == expected
@@ -44,6 +46,7 @@ def test_every_op_runs_on_cpu(op, capsys):
     out = captured.out
     assert out.count('vs dense-sdpa') == len(TOKENS[op])  # one table per case, with both speed-up columns
     assert 'vs torch' in out and 'n/a' in out and 'memory=not measured' in out
+    assert out.count('time / official') == (len(TOKENS[op]) if op in official else 0)
     total = len(rows)
     assert [line.split(']')[0] for line in captured.err.splitlines() if line.startswith('[')] == \
         [f'[{i}/{total}' for i in range(1, total + 1)]
@@ -53,7 +56,7 @@ def test_every_op_runs_on_cpu(op, capsys):
 def test_default_backends_and_triton_note(monkeypatch, capsys):
     args = bench.parse_args(['fibottention'] + TINY['fibottention'])
     assert args.backends == ['torch', 'triton', 'dense-sdpa', 'official-mask']
-    assert bench.parse_args(['bra']).backends == ['torch', 'triton', 'dense-sdpa']
+    assert bench.parse_args(['bra']).backends == ['torch', 'triton', 'dense-sdpa', 'official-gather']
     assert bench.parse_args(['na2d']).backends == ['torch', 'triton', 'dense-sdpa', 'official-mask']
     with monkeypatch.context() as m:
         # nothing imports triton in here: triton reads TRITON_INTERPRET once, when first imported
@@ -125,6 +128,78 @@ def test_na2d_official_mask_baseline_matches_the_op(dilation, with_rpb):
         torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize('size,n_win,topk,heads', [((8, 8), 2, 3, 2), ((12, 6), 3, 4, 4)])
+def test_official_bra_baseline_matches_the_op(size, n_win, topk, heads):
+    """The gathered-regions baseline = the op (routing and attention), outputs and gradients."""
+    gen = torch.Generator().manual_seed(0)
+    leaves = [torch.randn(2, *size, c, generator=gen, dtype=torch.float64, requires_grad=True) for c in (8, 8, 12)]
+    grad = torch.randn(2, *size, 12, generator=gen, dtype=torch.float64)
+    results = []
+    for fn in (bench.official_bra_attention, lambda *a: bi_level_routing_attention(*a, backend='torch')):
+        out = fn(*leaves, heads, n_win, topk)
+        results.append([out, *torch.autograd.grad(out, leaves, grad)])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+def _mixers():
+    """One token mixer per family's op, float64, with an input map each (NA: padded, dilated, rpb)."""
+    from mmsparse.registry import MODELS
+    cfgs = [(dict(type='mmsparse.NeighborhoodAttention2d', kernel_size=3, dilation=2), (5, 6)),
+            (dict(type='mmsparse.BiLevelRoutingAttention', n_win=2, topk=2), (8, 8)),
+            (dict(type='mmsparse.HierarchicalMHSA', grid_size=3, ds_ratio=2), (6, 7)),
+            (dict(type='mmsparse.Fibottention2d', mode='official'), (4, 5))]
+    torch.manual_seed(0)
+    for cfg, size in cfgs:
+        mixer = MODELS.build(cfg, default_args=dict(embed_dims=16, num_heads=2)).double().eval()
+        mixer.init_weights()
+        for param in mixer.parameters():   # non-zero biases and rpb: the baselines must add them
+            param.data.add_(torch.randn_like(param) * 0.1)
+        yield cfg['type'], mixer, torch.randn(2, *size, 16, dtype=torch.float64)
+
+
+def test_official_semantics_equal_the_mixers():
+    """The model sub-command's official row computes what the mixers compute (Fibottention in
+    official mode), through the baselines: each op is swapped, and restored afterwards."""
+    from mmsparse.models.attentions import neighborhood_attention
+    semantics = bench.OfficialSemantics()
+    for name, mixer, x in _mixers():
+        want = mixer(x)
+        with semantics.patched():
+            assert neighborhood_attention.neighborhood_attention_2d is not neighborhood_attention_2d
+            got = mixer(x)
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=0, msg=name)
+    assert neighborhood_attention.neighborhood_attention_2d is neighborhood_attention_2d
+
+
+def test_rounds_interleave_the_backends(monkeypatch):
+    """--rounds R: every backend is timed R times in turn, iters/R calls each; ms is the median."""
+    order, round_ms = [], iter([6., 2., 4., 60., 2., 20.])   # in turn: torch, official, torch, ...
+
+    class FakeTimer:
+        def __init__(self, device):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.ms = next(round_ms)
+
+    monkeypatch.setattr(bench, '_Timer', FakeTimer)
+    args = bench.parse_args(['bra'] + TINY['bra'] + FAST + ['--iters', '6', '--rounds', '3', '--passes', 'fwd',
+                                                            '--backends', 'torch', 'official-gather'])
+    case = next(iter(bench.OPS['bra'].cases(args)))
+    for backend in ('torch', 'official-gather'):
+        factory = case.factories[backend]
+        case.factories[backend] = lambda *a, f=factory, b=backend: (
+            lambda fn, leaves, shape: ((lambda *x: order.append(b) or fn(*x)), leaves, shape))(*f(*a))
+    timed = bench.bench_pass(args, case, 'fwd', ['torch', 'official-gather'], torch.device('cpu'), torch.float32)
+    assert order == ['torch', 'torch', 'official-gather', 'official-gather'] * 3
+    # rounds of 2 calls: torch 6, 4, 2 ms -> 3, 2, 1 ms per call; official 2, 60, 20 -> 1, 30, 10
+    assert timed['torch'][0] == 2. and timed['official-gather'][0] == 10.
+
+
 def test_square_grid():
     assert bench.square_grid(1024) == (32, 32)
     assert bench.square_grid(4096) == (64, 64)
@@ -143,6 +218,8 @@ def test_square_grid():
     (['hmhsa', '--backends', 'official-mask'], 'official-mask'),
     (['fibottention', '--tokens', '1024', '0'], '--tokens=0'),
     (['fibottention', '--iters', '0'], '--iters=0'),
+    (['fibottention', '--iters', '4', '--rounds', '5'], '--rounds=5 must be between 1 and --iters=4'),
+    (['bra', '--backends', 'official-mask'], '--backends official-mask is not available for bra'),
     (['na2d', '--size', '9', '9', '9'], '--size'),
 ])
 def test_bad_input_names_the_argument(argv, needle, capsys):
@@ -218,6 +295,15 @@ def test_model_subcommand_rows_and_memory(tiny_model_config, capsys):
 
 
 @pytest.mark.slow
+def test_model_official_and_variant_rows(tiny_model_config, capsys):
+    rows = _run(['model', tiny_model_config] + MODEL_FAST + ['--passes', 'fwd', '--no-cpu-memory', '--official',
+                                                             '--variant', 'model.backbone.arch.mlp_ratio=1.'])
+    assert [r['backend'] for r in rows] == ['eager', 'official', 'variant']
+    out = capsys.readouterr().out
+    assert 'variant: model.backbone.arch.mlp_ratio=1.' in out and 'time / official' in out
+
+
+@pytest.mark.slow
 def test_model_compile_row(tiny_model_config, capsys):
     rows = _run(['model', tiny_model_config] + MODEL_FAST + ['--passes', 'fwd', '--compile', '--no-cpu-memory'])
     assert [(r['pass_'], r['backend']) for r in rows] == [('fwd', 'eager'), ('fwd', 'compile')]
@@ -230,6 +316,8 @@ def test_model_compile_row(tiny_model_config, capsys):
 @pytest.mark.parametrize('argv,needle', [
     (['model', 'no/such/config.py'], "config 'no/such/config.py' does not exist"),
     (['model', __file__, '--backends', 'compile'], '--backends compile needs --compile'),
+    (['model', __file__, '--backends', 'official'], '--backends official needs --official'),
+    (['model', __file__, '--backends', 'variant'], '--backends variant needs --variant'),
     (['model', __file__, '--batch', '0'], '--batch=0'),
     (['na2d', '--backends', 'eager'], '--backends eager is not available for na2d'),
 ])

@@ -21,11 +21,11 @@ requested (backend, pass)::
 
     # a config's backbone (cfg.model.backbone), eager and torch.compile, inference and training step
     python tools/analysis_tools/benchmark.py model CONFIG --shape 512 512 --batch 2 [--compile] \\
-        [--cfg-options key=value ...]
+        [--official] [--variant key=value ...] [--cfg-options key=value ...]
 
 Common options (every sub-command): ``--dtype`` (default float16 on CUDA,
 float32 on CPU), ``--device`` (default cuda if available), ``--warmup``,
-``--iters``, ``--seed``, ``--passes`` (``fwd``, ``fwd+bwd``) and ``--backends``:
+``--iters``, ``--rounds``, ``--seed``, ``--passes`` (``fwd``, ``fwd+bwd``) and ``--backends``:
 
 * ``torch``: the op's PyTorch reference (``backend='torch'``);
 * ``triton``: the op's fast path (``backend='triton'``): the fused Triton kernels
@@ -38,14 +38,24 @@ float32 on CPU), ``--device`` (default cuda if available), ``--warmup``,
   computation with a mask built once, outside the timed loop. Fibottention: logits
   ``q @ k^T * scale`` multiplied by the 0/1 Fibottention mask, softmax, ``@ v`` (the
   semantics of ``mode='official'``). na2d: ``F.scaled_dot_product_attention`` over the
-  flattened maps with the NA window as a boolean mask (``--no-rpb``) or, with rpb, as an
+  flattened maps with the NA window as an additive mask (``--no-rpb``) or, with rpb, as an
   additive mask gathered from the ``rpb`` leaf on every call (so rpb gets its gradient)
   through an index table built once;
+* ``official-gather`` (bra): the official data flow of BRA, region routing, one gather of
+  the routed key/value regions, matmul-softmax per region;
 * ``eager`` / ``compile`` (model only): the backbone as built, and ``torch.compile``
   of it (``--compile``; compiled and run once outside the timed loop). The timed call
   is the backbone forward on a ``(batch, 3, H, W)`` image plus the sum of its feature
   maps (the scalar the ``fwd+bwd`` pass differentiates); eval mode for ``fwd``,
-  train mode for ``fwd+bwd``.
+  train mode for ``fwd+bwd``;
+* ``official`` (model, ``--official``): the same backbone with its attention ops
+  computed the official way (:class:`OfficialSemantics`: the baselines above, and H-MHSA
+  as the plain matmul-softmax);
+* ``variant`` (model, ``--variant KEY=VALUE ...``): the config with these settings on
+  top of ``--cfg-options``, e.g. ``model.backbone.attention=dense`` for a dense twin.
+
+When an ``official*`` row ran, the table adds ``time / official`` and ``memory / official``
+(peak above inputs): mmsparse / official, below 1 is better.
 
 The default is every backend of the op. Fibottention's ``--tokens N`` counts
 patch tokens: the grid is ``(1, N)`` for the 1-D layout and the most square
@@ -60,13 +70,15 @@ leaves). Timing uses CUDA events on GPU and ``time.perf_counter`` on CPU. The
 Triton kernels need CUDA: without it the triton backend is dropped with a note,
 unless ``TRITON_INTERPRET=1`` is set (Triton's CPU interpreter, slow; for tests).
 
-Rows run pass by pass, backend after backend, in one process, so the speed-ups
-in a table compare rows measured minutes apart at most; a progress line with
-the ETA goes to stderr.
+Rows run pass by pass in one process. Within a pass the backends are interleaved: all are
+built and warmed up, then ``--rounds`` rounds (default ``min(5, --iters)``) each run every
+backend for ``--iters / --rounds`` calls in turn, and a backend's ms per call is the median
+of its rounds, so a drift of the machine's speed hits every row alike. A progress line
+with the ETA goes to stderr.
 
-Peak memory on CUDA is ``torch.cuda.max_memory_allocated()`` over the timed
-loop: the absolute value and the part above what was allocated before the loop
-(the inputs), i.e. the op's own workspace, outputs and gradients. On CPU it is
+Peak memory on CUDA is ``torch.cuda.max_memory_allocated()`` over two steps after the
+timed rounds: the absolute value and the part above what was allocated before them (the
+inputs), i.e. the op's own workspace, outputs and gradients. On CPU it is
 the high-water resident set size of a fresh process per row (``--no-cpu-memory``
 skips it: ``n/a``): the process builds the row's inputs, runs one untimed step,
 resets the high-water mark (``/proc/self/clear_refs``; where that is refused the
@@ -85,9 +97,11 @@ import json
 import math
 import os
 import os.path as osp
+import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +119,8 @@ DTYPES = {'float16': torch.float16, 'fp16': torch.float16, 'bfloat16': torch.bfl
           'bf16': torch.bfloat16, 'float32': torch.float32, 'fp32': torch.float32,
           'float64': torch.float64, 'fp64': torch.float64}
 PASSES = ('fwd', 'fwd+bwd')
-ALL_BACKENDS = ('torch', 'triton', 'dense-sdpa', 'official-mask', 'eager', 'compile')
+ALL_BACKENDS = ('torch', 'triton', 'dense-sdpa', 'official-mask', 'official-gather', 'eager', 'compile', 'official',
+                'variant')
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -160,6 +175,194 @@ class Case:
         self.title, self.factories, self.fields = title, factories, fields
 
 
+# ----------------------------------------------------------------------------- official semantics
+# Every op computed the way its official code does, written plainly here: the baselines of
+# the ``official-*`` backends and of the model sub-command's ``official`` row. Each is tested
+# equal to the mmsparse op (tests/test_tools/test_benchmark.py).
+
+def build_official_mask(pattern, with_cls, device=None, dtype=torch.float32):
+    """The 0/1 multiplicative mask (heads, T, T) of the official dense Fibottention, as ``dtype``."""
+    return fibottention_mask(pattern, with_cls).to(device=device, dtype=dtype)
+
+
+def official_mask_attention(q, k, v, mask, scale=None):
+    """Official dense Fibottention: ``softmax((q @ k^T * scale) * mask) @ v`` (masked logits are 0).
+
+    Args:
+        q, k, v (Tensor): (B, heads, T, D).
+        mask (Tensor): (heads, T, T) 0/1 in q's dtype, from :func:`build_official_mask`.
+        scale (float, optional): default ``D ** -0.5``.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = (q @ k.transpose(-2, -1)) * scale * mask
+    return logits.softmax(dim=-1) @ v
+
+
+def build_na2d_bias_index(height, width, kernel_size, dilation, device=None):
+    """The official NA window and bias of every (query, key) pair of an ``H x W`` map, as one dense table.
+
+    Args:
+        height, width (int): map size, at least ``kernel_size * dilation``.
+        kernel_size (int): odd window size ``k``.
+        dilation (int): dilation ``d``.
+        device (torch.device, optional): device of the table. Defaults to None (CPU).
+
+    Returns:
+        Tensor: (H*W, H*W) int64; entry ``[i*W + j, r*W + c]`` is the flat index
+        ``br * (2k-1) + bc`` into ``rpb[head].flatten()`` when key ``(r, c)`` is in the
+        window of query ``(i, j)`` (``br``, ``bc``: its bias row and column), and
+        ``(2k-1)**2`` (one past the bias: the ``-inf`` slot) outside.
+    """
+    rows, bias_rows = neighborhood_indices(height, kernel_size, dilation, device)
+    cols, bias_cols = neighborhood_indices(width, kernel_size, dilation, device)
+    side = 2 * kernel_size - 1
+    table = torch.full((height, width, height, width), side**2, dtype=torch.long, device=device)
+    i = torch.arange(height, device=device)[:, None, None, None]
+    j = torch.arange(width, device=device)[None, :, None, None]
+    # (H, W, k, k): query (i, j) and its window's key (rows[i, ti], cols[j, tj])
+    table[i, j, rows[:, None, :, None], cols[None, :, None, :]] = \
+        bias_rows[:, None, :, None] * side + bias_cols[None, :, None, :]
+    return table.view(height * width, height * width)
+
+
+def na2d_official_mask(table, kernel_size, rpb=None, dtype=torch.float32):
+    """The additive (1, heads or 1, Nq, Nk) mask of NA as dense masked SDPA, from :func:`build_na2d_bias_index`.
+
+    Args:
+        table (Tensor): (Nq, Nk) int64 rows of :func:`build_na2d_bias_index` (the queries'
+            rows when only some queries are computed).
+        kernel_size (int): the window size ``k`` the table was built for.
+        rpb (Tensor, optional): (heads, 2k-1, 2k-1) bias; differentiable. Without it the
+            mask is 0 inside the windows and ``-inf`` outside.
+        dtype (torch.dtype): mask dtype without ``rpb`` (with it, ``rpb``'s). Defaults to float32.
+
+    Returns:
+        Tensor: 4-D, as SDPA on CPU takes a far slower path with a 3-D mask.
+    """
+    if rpb is None:
+        outside = table == (2 * kernel_size - 1)**2   # the -inf slot
+        mask = torch.zeros(table.shape, dtype=dtype, device=table.device).masked_fill_(outside, float('-inf'))
+        return mask[None, None]
+    bias = F.pad(rpb.flatten(1), (0, 1), value=float('-inf'))   # the -inf slot after the bias table
+    return bias.index_select(1, table.flatten()).view(1, rpb.shape[0], *table.shape)
+
+
+def official_na2d_attention(q, k, v, mask, scale=None):
+    """NA as dense masked SDPA over the flattened maps (the official semantics of ``natten2d``).
+
+    Args:
+        q (Tensor): (B, heads, Hq, Wq, hd), the queries at the top-left corner of the map.
+        k, v (Tensor): (B, heads, H, W, hd).
+        mask (Tensor): from :func:`na2d_official_mask` for these queries.
+        scale (float, optional): default ``hd ** -0.5``.
+    """
+    out = F.scaled_dot_product_attention(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3), attn_mask=mask,
+                                         scale=scale)
+    return out.view(*q.shape[:4], v.shape[-1])
+
+
+def official_bra_attention(q, k, v, num_heads, n_win, topk, scale=None):
+    """BRA computed the official way: route regions, gather the routed key/value regions, attend.
+
+    The data flow of BiFormer's legacy BRA written plainly: region means give the
+    region-to-region logits (detached, shared by the heads), ``topk`` picks the routed
+    regions, one ``torch.gather`` copies their keys and values (stacked) for every query
+    region, and each region's scaled queries run a matmul-softmax over them.
+
+    Args:
+        q, k (Tensor): (N, H, W, Cqk), ``H`` and ``W`` divisible by ``n_win``.
+        v (Tensor): (N, H, W, Cv).
+        num_heads (int): heads; channels are contiguous chunks.
+        n_win (int): regions per side.
+        topk (int): routed regions per query region.
+        scale (float, optional): logit scale. Defaults to ``Cqk ** -0.5``.
+
+    Returns:
+        Tensor: (N, H, W, Cv).
+    """
+    n, height, width, c_qk = q.shape
+    c_v = v.shape[-1]
+    scale = c_qk ** -0.5 if scale is None else scale
+    h, w, regions = height // n_win, width // n_win, n_win * n_win
+
+    def partition(x):  # (N, H, W, C) -> (N, regions, h*w, C)
+        x = x.reshape(n, n_win, h, n_win, w, x.shape[-1]).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(n, regions, h * w, -1)
+
+    q_r, kv_r = partition(q), partition(torch.cat((k, v), dim=-1))
+    routing = (q_r.detach().mean(2) * scale) @ kv_r[..., :c_qk].detach().mean(2).transpose(-1, -2)
+    index = routing.topk(topk, dim=-1).indices                                      # (N, regions, topk)
+    kv_sel = torch.gather(kv_r.unsqueeze(1).expand(-1, regions, -1, -1, -1), 2,
+                          index[..., None, None].expand(-1, -1, -1, h * w, c_qk + c_v))
+    kv_sel = kv_sel.reshape(n * regions, topk * h * w, c_qk + c_v)
+
+    def heads(x):  # (n*regions, T, C) -> (n*regions, heads, T, C/heads)
+        return x.reshape(x.shape[0], x.shape[1], num_heads, -1).transpose(1, 2)
+
+    q_h = heads((q_r * scale).reshape(n * regions, h * w, c_qk))
+    k_h, v_h = heads(kv_sel[..., :c_qk]), heads(kv_sel[..., c_qk:])
+    out = ((q_h @ k_h.transpose(-1, -2)).softmax(-1) @ v_h).transpose(1, 2)        # (n*regions, h*w, heads, dv)
+    out = out.reshape(n, n_win, n_win, h, w, c_v).permute(0, 1, 3, 2, 4, 5)
+    return out.reshape(n, height, width, c_v)
+
+
+class OfficialSemantics:
+    """A backbone's attention ops computed the official way, for the model sub-command's ``official`` row.
+
+    :meth:`patched` swaps the ops the token mixers call for the baselines above: NA as dense
+    masked SDPA (masks built once per map size), BRA by gathering the routed regions,
+    Fibottention as the official multiplicative mask whatever its ``mode`` (built once per
+    pattern), H-MHSA's two attentions as the plain matmul-softmax (``backend='torch'``).
+    """
+
+    def __init__(self):
+        self._cache = {}
+
+    def _once(self, key, build):
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def na2d(self, q, k, v, kernel_size, dilation, rpb=None, scale=None, backend=None):
+        (hq, wq), (height, width) = q.shape[2:4], k.shape[2:4]
+        key = (hq, wq, height, width, kernel_size, dilation, q.device)
+        table = self._once(('na2d', *key), lambda: build_na2d_bias_index(
+            height, width, kernel_size, dilation, q.device).view(height, width, -1)[:hq, :wq].flatten(0, 1))
+        mask = (na2d_official_mask(table, kernel_size, rpb) if rpb is not None else
+                self._once(('na2d-mask', *key, q.dtype), lambda: na2d_official_mask(table, kernel_size, dtype=q.dtype)))
+        return official_na2d_attention(q, k, v, mask, scale)
+
+    def bra(self, q, k, v, num_heads, n_win, topk, scale=None, backend=None):
+        return official_bra_attention(q, k, v, num_heads, n_win, topk, scale)
+
+    def fibottention(self, q, k, v, pattern, scale=None, mode='sparse', with_cls=True, backend=None):
+        mask = self._once(('fib', id(pattern), with_cls, q.device, q.dtype),
+                          lambda: build_official_mask(pattern, with_cls, q.device, q.dtype))
+        return official_mask_attention(q, k, v, mask, scale)
+
+    @contextmanager
+    def patched(self):
+        """Within: the token mixers' ops are the official baselines."""
+        from mmsparse.models.attentions import bra, fibottention, hmhsa, neighborhood_attention
+
+        def matmul_softmax(op):
+            return lambda *args, **kwargs: op(*args, **{**kwargs, 'backend': 'torch'})
+
+        swaps = [(neighborhood_attention, 'neighborhood_attention_2d', self.na2d),
+                 (bra, 'bi_level_routing_attention', self.bra),
+                 (fibottention, 'fibottention_attention', self.fibottention),
+                 (hmhsa, 'grid_attention', matmul_softmax(ops.grid_attention)),
+                 (hmhsa, 'global_attention', matmul_softmax(ops.global_attention))]
+        saved = [(module, name, getattr(module, name)) for module, name, _ in swaps]
+        try:
+            for module, name, baseline in swaps:
+                setattr(module, name, baseline)
+            yield
+        finally:
+            for module, name, original in saved:
+                setattr(module, name, original)
+
+
 # ----------------------------------------------------------------------------- bra
 
 def bra_args(parser):
@@ -203,9 +406,19 @@ def bra_cases(args):
             return fn, (qkv, ), (args.batch, height, width, c_v)
         return factory
 
+    def official(device, dtype, gen):
+        qkv = _randn(gen, (args.batch, height, width, 2 * c_qk + c_v), device, dtype)
+
+        def fn(leaf):
+            q, k, v = leaf[..., :c_qk], leaf[..., c_qk:2 * c_qk], leaf[..., 2 * c_qk:]
+            return official_bra_attention(q, k, v, heads, args.n_win, args.topk)
+
+        return fn, (qkv, ), (args.batch, height, width, c_v)
+
     tokens = height * width
     factories = {'torch': op('torch'), 'triton': op('triton'),
-                 'dense-sdpa': _dense_sdpa(args.batch, heads, tokens, c_qk // heads, c_v // heads)}
+                 'dense-sdpa': _dense_sdpa(args.batch, heads, tokens, c_qk // heads, c_v // heads),
+                 'official-gather': official}
     yield Case(f'BRA: B={args.batch} HxW={height}x{width} (N={tokens}) Cqk={c_qk} Cv={c_v} heads={heads} '
                f'n_win={args.n_win} (region {rh}x{rw} = {rh * rw} tokens) topk={args.topk}',
                factories, tokens=tokens)
@@ -234,33 +447,6 @@ def na2d_check(args, error):
               f'{args.kernel_size} * {args.dilation} = {window} on both sides')
 
 
-def build_na2d_bias_index(height, width, kernel_size, dilation, device=None):
-    """The official NA window and bias of every (query, key) pair of an ``H x W`` map, as one dense table.
-
-    Args:
-        height, width (int): map size, at least ``kernel_size * dilation``.
-        kernel_size (int): odd window size ``k``.
-        dilation (int): dilation ``d``.
-        device (torch.device, optional): device of the table. Defaults to None (CPU).
-
-    Returns:
-        Tensor: (H*W, H*W) int64; entry ``[i*W + j, r*W + c]`` is the flat index
-        ``br * (2k-1) + bc`` into ``rpb[head].flatten()`` when key ``(r, c)`` is in the
-        window of query ``(i, j)`` (``br``, ``bc``: its bias row and column), and
-        ``(2k-1)**2`` (one past the bias: the ``-inf`` slot) outside.
-    """
-    rows, bias_rows = neighborhood_indices(height, kernel_size, dilation, device)
-    cols, bias_cols = neighborhood_indices(width, kernel_size, dilation, device)
-    side = 2 * kernel_size - 1
-    table = torch.full((height, width, height, width), side**2, dtype=torch.long, device=device)
-    i = torch.arange(height, device=device)[:, None, None, None]
-    j = torch.arange(width, device=device)[None, :, None, None]
-    # (H, W, k, k): query (i, j) and its window's key (rows[i, ti], cols[j, tj])
-    table[i, j, rows[:, None, :, None], cols[None, :, None, :]] = \
-        bias_rows[:, None, :, None] * side + bias_cols[None, :, None, :]
-    return table.view(height * width, height * width)
-
-
 def na2d_cases(args):
     height, width = _map_size(args.size)
     b, heads, hd, ks = args.batch, args.heads, args.head_dim, args.kernel_size
@@ -283,17 +469,10 @@ def na2d_cases(args):
 
     def official(device, dtype, gen):
         table = build_na2d_bias_index(height, width, ks, args.dilation, device)  # once, outside the timed loop
-        keep = table < (2 * ks - 1)**2
+        static = None if not args.no_rpb else na2d_official_mask(table, ks, dtype=dtype)
 
-        def fn(q, k, v, rpb=None):
-            if rpb is None:
-                mask = keep
-            else:  # the -inf slot appended to the bias masks the keys outside the windows
-                bias = F.pad(rpb.flatten(1), (0, 1), value=float('-inf'))
-                # (1, heads, N, N): SDPA on CPU takes a far slower path with a 3-D mask
-                mask = bias.index_select(1, table.flatten()).view(1, heads, tokens, tokens)
-            out = F.scaled_dot_product_attention(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3), attn_mask=mask)
-            return out.view(shape)
+        def fn(q, k, v, rpb=None):  # with rpb the mask is gathered from the leaf: rpb gets its gradient
+            return official_na2d_attention(q, k, v, static if rpb is None else na2d_official_mask(table, ks, rpb))
 
         return fn, inputs(device, dtype, gen), shape
 
@@ -335,24 +514,6 @@ def square_grid(tokens):
 
 def fibottention_grid(tokens, layout):
     return (1, tokens) if layout == '1d' else square_grid(tokens)
-
-
-def build_official_mask(pattern, with_cls, device=None, dtype=torch.float32):
-    """The 0/1 multiplicative mask (heads, T, T) of the official dense Fibottention, as ``dtype``."""
-    return fibottention_mask(pattern, with_cls).to(device=device, dtype=dtype)
-
-
-def official_mask_attention(q, k, v, mask, scale=None):
-    """Official dense Fibottention: ``softmax((q @ k^T * scale) * mask) @ v`` (masked logits are 0).
-
-    Args:
-        q, k, v (Tensor): (B, heads, T, D).
-        mask (Tensor): (heads, T, T) 0/1 in q's dtype, from :func:`build_official_mask`.
-        scale (float, optional): default ``D ** -0.5``.
-    """
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    logits = (q @ k.transpose(-2, -1)) * scale * mask
-    return logits.softmax(dim=-1) @ v
 
 
 def fibottention_cases(args):
@@ -444,6 +605,12 @@ def model_args(parser):
                         help='add a torch.compile row next to eager (compiled outside the timed loop)')
     parser.add_argument('--cfg-options', nargs='+', default=None, metavar='KEY=VALUE',
                         help='override settings of the config (mmengine DictAction syntax)')
+    parser.add_argument('--official', action='store_true',
+                        help="add an 'official' row: the same backbone with its attention ops computed the "
+                        'official way (dense masked NA and Fibottention, gathered BRA, matmul-softmax H-MHSA)')
+    parser.add_argument('--variant', nargs='+', default=None, metavar='KEY=VALUE',
+                        help="add a 'variant' row: the config with these settings on top of --cfg-options, "
+                        'e.g. model.backbone.attention=dense for a dense twin')
 
 
 def model_check(args, error):
@@ -452,16 +619,17 @@ def model_check(args, error):
         error(f'--shape={args.shape} must be positive')
     if not osp.isfile(args.config):
         error(f'config {args.config!r} does not exist')
-    if args.compile and 'compile' not in args.backends:
-        args.backends.append('compile')
-    if not args.compile and 'compile' in args.backends:
-        error('--backends compile needs --compile')
+    for flag, backend in (('compile', 'compile'), ('official', 'official'), ('variant', 'variant')):
+        if getattr(args, flag) and backend not in args.backends:
+            args.backends.append(backend)
+        if not getattr(args, flag) and backend in args.backends:
+            error(f'--backends {backend} needs --{flag}')
 
 
 def model_cases(args):
     height, width = args.shape
 
-    def backbone(compiled):
+    def backbone(compiled=False, official=False, variant=()):
         def factory(device, dtype, gen):
             # mmengine / mmseg / mmdet are imported only here: the op sub-commands need torch alone.
             from mmengine.config import Config, DictAction
@@ -469,28 +637,34 @@ def model_cases(args):
             from mmsparse.utils.builders import build_model
 
             cfg = Config.fromfile(args.config)
-            if args.cfg_options:
-                namespace = argparse.Namespace()
-                DictAction(option_strings=[], dest='opts')(None, namespace, args.cfg_options)
-                cfg.merge_from_dict(namespace.opts)
+            for options in (args.cfg_options, variant):
+                if options:
+                    namespace = argparse.Namespace()
+                    DictAction(option_strings=[], dest='opts')(None, namespace, list(options))
+                    cfg.merge_from_dict(namespace.opts)
             # the tools' builder: the config's backbone, SyncBN reverted, no Pretrained init
             model = build_model(cfg, 'backbone')
             train = torch.is_grad_enabled()  # make_step builds under the pass's grad mode
             model = model.to(device, dtype).train(train)
             fn = torch.compile(model) if compiled else model
             image = _randn(gen, (args.batch, 3, height, width), device, dtype)
+            semantics = OfficialSemantics() if official else None
 
             def step(x):  # one scalar from every feature map, so fwd+bwd reaches all of them
-                return sum(feature.float().sum() for feature in fn(x))
+                if semantics is None:
+                    return sum(feature.float().sum() for feature in fn(x))
+                with semantics.patched():
+                    return sum(feature.float().sum() for feature in fn(x))
 
             if compiled:  # compile outside the timed loop, whatever --warmup says
                 step(image.detach().requires_grad_(train))
             return step, (image, ), ()
         return factory
 
-    factories = {'eager': backbone(False), 'compile': backbone(True)}
-    yield Case(f'model: backbone of {osp.basename(args.config)} B={args.batch} HxW={height}x{width}',
-               factories, tokens=height * width)
+    factories = {'eager': backbone(), 'compile': backbone(compiled=True), 'official': backbone(official=True),
+                 'variant': backbone(variant=args.variant)}
+    yield Case(f'model: backbone of {osp.basename(args.config)} B={args.batch} HxW={height}x{width}'
+               + (f' variant: {" ".join(args.variant)}' if args.variant else ''), factories, tokens=height * width)
 
 
 # ----------------------------------------------------------------------------- the tool
@@ -506,7 +680,7 @@ class Op:
 
 _BASE = ('torch', 'triton', 'dense-sdpa')
 OPS = {
-    'bra': Op('bi-level routing attention (BiFormer)', bra_args, bra_check, bra_cases, _BASE),
+    'bra': Op('bi-level routing attention (BiFormer)', bra_args, bra_check, bra_cases, _BASE + ('official-gather', )),
     'na2d': Op('2-D (dilated) neighborhood attention (NAT, DiNAT)', na2d_args, na2d_check, na2d_cases,
                _BASE + ('official-mask', )),
     'fibottention': Op('Fibottention (ViT)', fibottention_args, fibottention_check, fibottention_cases,
@@ -514,7 +688,8 @@ OPS = {
     'hmhsa': Op('H-MHSA grid + global attention (HAT-Net)', hmhsa_args, hmhsa_check, hmhsa_cases, _BASE,
                 triton_needs_cuda=False),
     'model': Op("a config's backbone, eager and (--compile) torch.compile", model_args, model_check,
-                model_cases, ('eager', 'compile'), triton_needs_cuda=False, default=('eager', )),
+                model_cases, ('eager', 'compile', 'official', 'variant'), triton_needs_cuda=False,
+                default=('eager', )),
 }
 
 
@@ -525,7 +700,10 @@ def build_parser():
                        help='default float16 on CUDA, float32 on CPU')
     group.add_argument('--device', default=None, help='default cuda if available, else cpu')
     group.add_argument('--warmup', type=int, default=10, help='untimed calls first (default 10)')
-    group.add_argument('--iters', type=int, default=50, help='timed calls (default 50)')
+    group.add_argument('--iters', type=int, default=50, help='timed calls per backend (default 50)')
+    group.add_argument('--rounds', type=int, default=None,
+                       help='interleave the backends over this many rounds of --iters/--rounds calls; '
+                       'ms/call is the median of the rounds (default min(5, --iters))')
     group.add_argument('--seed', type=int, default=0, help='input seed (default 0)')
     group.add_argument('--passes', nargs='+', choices=PASSES, default=list(PASSES))
     group.add_argument('--backends', nargs='+', choices=ALL_BACKENDS, default=None,
@@ -558,6 +736,9 @@ def parse_args(argv=None):
         error(f'--iters={args.iters} must be >= 1')
     if args.warmup < 0:
         error(f'--warmup={args.warmup} must be >= 0')
+    args.rounds = min(5, args.iters) if args.rounds is None else args.rounds
+    if not 1 <= args.rounds <= args.iters:
+        error(f'--rounds={args.rounds} must be between 1 and --iters={args.iters}')
     if len(getattr(args, 'size', [1])) not in (1, 2):
         error(f'--size takes one or two values, got {args.size}')
     args.backends = list(dict.fromkeys(args.backends or op.default))
@@ -680,28 +861,46 @@ def measure_cpu_memory(args, index, backend, pass_name):
     return row['peak'], row['extra']
 
 
-def bench_one(args, factory, pass_name, device, dtype):
-    """Return (ms per call, peak CUDA MiB, peak CUDA MiB above the inputs) for one backend and pass.
+def bench_pass(args, case, pass_name, backends, device, dtype):
+    """Time one case and pass for every backend, interleaved; return ``{backend: (ms, peak, extra)}``.
 
-    The two memory values are None on CPU (:func:`measure_cpu_memory` measures them there).
+    Every backend's inputs are built and warmed up first; then ``--rounds`` rounds each run
+    every backend for its share of ``--iters`` calls in turn, so a drift of the machine's
+    speed hits all backends alike, and a backend's ms per call is the median of its rounds.
+    On CUDA the peak memory (allocator peak, and the part above what was allocated before:
+    the op's workspace, outputs and gradients) is read over two more steps per backend;
+    on CPU the two values are None (:func:`measure_cpu_memory` measures them).
     """
-    step, leaves = make_step(factory, pass_name, device, dtype, args.seed)
-    for _ in range(args.warmup):
-        step()
-    peak = extra = None
-    if device.type == 'cuda':
-        for leaf in leaves:
-            leaf.grad = None
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    with _Timer(device) as timer:
-        for _ in range(args.iters):
+    steps = {}
+    for backend in backends:
+        step, leaves = make_step(case.factories[backend], pass_name, device, dtype, args.seed)
+        for _ in range(args.warmup):
             step()
-    if device.type == 'cuda':
-        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
-        extra = peak - base / 2 ** 20
-    return timer.ms / args.iters, peak, extra
+        steps[backend] = step, leaves
+    per_round = max(1, args.iters // args.rounds)
+    times = {backend: [] for backend in backends}
+    for _ in range(args.rounds):
+        for backend, (step, _) in steps.items():
+            with _Timer(device) as timer:
+                for _ in range(per_round):
+                    step()
+            times[backend].append(timer.ms / per_round)
+    results = {}
+    for backend, (step, leaves) in steps.items():
+        peak = extra = None
+        if device.type == 'cuda':
+            for leaf in leaves:
+                leaf.grad = None
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            for _ in range(2):
+                step()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
+            extra = peak - base / 2 ** 20
+        results[backend] = statistics.median(times[backend]), peak, extra
+    return results
 
 
 class Progress:
@@ -753,8 +952,9 @@ def run(args):
                   f'warmup={args.warmup} iters={args.iters}')
         case_rows = []
         for pass_name in args.passes:
+            timed = bench_pass(args, case, pass_name, backends, device, dtype)
             for backend in backends:
-                ms, peak, extra = bench_one(args, case.factories[backend], pass_name, device, dtype)
+                ms, peak, extra = timed[backend]
                 if cpu_memory:
                     peak, extra = measure_cpu_memory(args, index, backend, pass_name)
                 case_rows.append(dict(op=args.op, **case.fields, backend=backend, pass_=pass_name,
@@ -768,19 +968,29 @@ def run(args):
 
 
 def format_table(rows):
-    """Text table of one case's rows, with speed-ups vs torch and (when timed) vs dense-sdpa."""
+    """Text table of one case's rows: speed-ups vs torch / dense-sdpa / eager, and time and memory
+    (peak above inputs) as a ratio of the official baseline's (``official*`` rows) when one ran."""
     def mib(x):
         return 'n/a' if x is None else f'{x:.1f}'
 
+    def ratio(x, base):
+        return f'{x / base:.2f}' if x is not None and base else '-'
+
     refs = [ref for ref in ('torch', 'dense-sdpa', 'eager') if any(r['backend'] == ref for r in rows)]
     ref_ms = {ref: {r['pass_']: r['ms'] for r in rows if r['backend'] == ref} for ref in refs}
+    official = {r['pass_']: r for r in rows if r['backend'].startswith('official')}
     header = ('backend', 'pass', 'ms/call', 'peak MiB', 'peak above inputs MiB') + tuple(f'vs {ref}' for ref in refs)
+    if official:
+        header += ('time / official', 'memory / official')
     lines = []
     for r in rows:
         speedups = []
         for ref in refs:
             base = ref_ms[ref].get(r['pass_'])
             speedups.append(f'{base / r["ms"]:.2f}x' if base and r['ms'] > 0 else '-')
+        if official:
+            base = official.get(r['pass_'], {})
+            speedups += [ratio(r['ms'], base.get('ms')), ratio(r['extra'], base.get('extra'))]
         lines.append((r['backend'], r['pass_'], f'{r["ms"]:.3f}', mib(r['peak']), mib(r['extra']), *speedups))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = '  '.join(f'{{:<{w}}}' for w in widths)

@@ -12,8 +12,8 @@ modes").
   term are added apart, so K and V are each gathered once and nothing else of that size
   is built.
 * :func:`fibottention_dense`: the dense masked computation, one ``(T, T)`` logit
-  matmul per (batch, head) with the pattern's exclusion mask (built once per pattern and
-  device, :meth:`FibPattern.dense_exclusion`). Cheaper on CPU for short sequences
+  matmul per (batch, head) with the pattern's mask (built once per pattern, device and
+  dtype, :meth:`FibPattern.dense_mask`). Cheaper on CPU for short sequences
   (``mmsparse.ops._dispatch.DENSE_BELOW_TOKENS``).
 
 ``mode='official'`` reproduces the official multiplicative mask (masked logits
@@ -143,7 +143,7 @@ def fibottention_reference(q, k, v, pattern, scale, mode='sparse', with_cls=True
     return fibottention_gather(q, k, v, index, valid, scale, mode, with_cls)
 
 
-def fibottention_dense(q, k, v, excluded, valid, scale, mode='sparse', with_cls=True):
+def fibottention_dense(q, k, v, mask, valid, scale, mode='sparse', with_cls=True):
     """Fibottention as dense masked attention: one (T, T) logit matmul, the pattern's mask.
 
     Same function as :func:`fibottention_gather`; the official mode is the official
@@ -151,8 +151,9 @@ def fibottention_dense(q, k, v, excluded, valid, scale, mode='sparse', with_cls=
 
     Args:
         q, k, v (Tensor): (B, heads, T, D).
-        excluded (Tensor): (heads, T, T) bool from :meth:`FibPattern.dense_exclusion`
-            for this ``mode`` and ``with_cls``: True = masked out.
+        mask (Tensor): (heads, T, T) in q's dtype from :meth:`FibPattern.dense_mask` for
+            this ``mode`` and ``with_cls``: added to the scaled logits in sparse mode (0 or
+            ``-inf``), multiplied with them in official mode (1 or 0).
         valid (Tensor): (heads, N, K) from :func:`neighbor_index`; in sparse mode without
             CLS, its rows with no kept key are the rows to zero.
         scale (float), mode (str), with_cls (bool): see :func:`fibottention_gather`.
@@ -160,13 +161,11 @@ def fibottention_dense(q, k, v, excluded, valid, scale, mode='sparse', with_cls=
     Returns:
         Tensor: (B, heads, T, D).
     """
-    bsz, heads, tokens, head_dim = q.shape
-    # One kernel for ``scale * q @ k^T`` (baddbmm's alpha, beta=0 ignores the empty input), and
-    # the mask written into that fresh tensor: two passes over the (T, T) logits fewer than
-    # the official ``(q @ k^T) * scale * mask``; baddbmm's backward does not need its output.
-    logits = torch.baddbmm(q.new_empty(()), q.reshape(bsz * heads, tokens, head_dim),
-                           k.reshape(bsz * heads, tokens, head_dim).transpose(1, 2), beta=0., alpha=scale)
-    logits = logits.view(bsz, heads, tokens, tokens).masked_fill_(excluded, float('-inf') if mode == 'sparse' else 0.)
+    # The logits are a fresh tensor: scale and mask them in place (the official
+    # ``(q @ k^T) * scale * mask`` makes two more (T, T) tensors); the backward of the matmul
+    # needs q and k, not its output. Same bits as the official order of operations.
+    logits = (q @ k.transpose(-1, -2)).mul_(scale)
+    logits = logits.add_(mask) if mode == 'sparse' else logits.mul_(mask)
     out = logits.softmax(-1) @ v
     if mode == 'sparse' and not with_cls:
         # dense_exclusion leaves the rows with no kept key unmasked (finite softmax and
