@@ -14,7 +14,7 @@ from mmsparse.ops.fibottention import (fibonacci_candidates, fibonacci_offsets, 
                                        fibottention_mask, fibottention_mask_traced, fibottention_pattern)
 from mmsparse.ops.fibottention.traced_pattern import head_caps
 
-from .test_fibottention import _naive
+from .test_fibottention import NAIVE_CASES, _naive
 
 # (num_heads, layer_id, shuffle, is_modified, wmin): one head (no spread), the official
 # shapes of DeiT-T / S and ViT-B / L, the modified rule (offset 0, a repeated 1), other wmin.
@@ -111,12 +111,7 @@ def test_onnx_mask_equals_the_pattern_mask_at_many_sizes(layout, layer, with_cls
 
 
 @pytest.mark.parametrize('mode', ['sparse', 'official'])
-@pytest.mark.parametrize('grid, heads, layout, with_cls', [
-    ((1, 49), 12, '1d', False),     # head 12 keeps only offset 30: rows 19..29 are empty
-    ((7, 9), 3, '1d', True),
-    ((6, 5), 2, '2d', True),
-    ((6, 5), 2, '2d', False),
-])
+@pytest.mark.parametrize('grid, heads, layout, with_cls', NAIVE_CASES)
 def test_traced_attention_matches_naive_masking(mode, grid, heads, layout, with_cls):
     mask = fibottention_mask(fibottention_pattern(grid, heads, 2, layout=layout), with_cls=with_cls)
     gen = torch.Generator().manual_seed(0)
