@@ -45,10 +45,13 @@ DENSE_BELOW_TOKENS = {
     # k=7, 2 heads of 32, float32, 2 threads: gather/dense time 1.05 (forward) and 2.85
     # (forward + backward) at 32x32, 0.77 and 1.47 at 40x40, 0.35 and 0.73 at 48x48.
     'neighborhood_attention_2d': 1600,
-    # 1-D layout with CLS, 6 heads of 64, B=2, float32, 1 thread, forward: gather/dense time
-    # 2.1 (sparse mode) and 2.1 (official) at T=325, 0.9-1.1 at T=485, 0.8-0.9 at T=677;
-    # forward + backward (sparse) 1.8 at T=197, 1.14 at T=485, 0.72 at T=677.
-    'fibottention_attention': 512,
+    # 1-D layout with CLS, 6 heads of 64, float32, 2 threads; dense = masked SDPA (sparse mode)
+    # or the masked matmul-softmax (official mode, as the official code): the gather takes
+    # 3.4x (forward) and 3.1x (forward + backward) the sparse-mode dense time at T=1025,
+    # 2.3x (forward + backward, B=1) at T=2049. Official mode, T=1025: gather / official 0.65
+    # (forward) but 1.08 (forward + backward). Above ~2k tokens the gather's memory, which
+    # grows with the kept entries, wins over the (heads, T, T) mask.
+    'fibottention_attention': 2100,
 }
 TORCH_ALGORITHMS = ('dense', 'sparse')
 

@@ -51,6 +51,7 @@ from .reference import (fibottention_dense, fibottention_gather, fibottention_pr
 OP = 'fibottention_attention'
 
 PHI = (1 + math.sqrt(5)) / 2
+DENSE_MASK_CACHE_BYTES = 8 * 2**20   # see FibPattern.dense_mask
 MODES = ('sparse', 'official')
 SHUFFLES = ('per_layer', 'shared', 'none')
 LAYOUTS = ('1d', '2d')
@@ -113,8 +114,16 @@ class FibPattern:
                             lambda: _dense_exclusion(fibottention_mask(self, with_cls), mode))
 
     def dense_mask(self, mode, with_cls, dtype):
-        """(heads, T, T) ``dtype`` mask of :func:`fibottention_dense` (cached): :func:`dense_mask`
-        of :meth:`dense_exclusion`."""
+        """(heads, T, T) ``dtype`` mask of :func:`fibottention_dense`: :func:`dense_mask` of
+        :meth:`dense_exclusion`.
+
+        Cached up to ``DENSE_MASK_CACHE_BYTES`` (ViT-S at 224: 0.9 MiB a layer); a larger one
+        (25 MiB a layer at 1025 tokens) is built on every call from the neighbour index, a few
+        passes over (heads, T, T) against the attention's ``4 * T * T * D`` per head and image.
+        """
+        tokens = self.grid[0] * self.grid[1] + int(with_cls)
+        if self.num_heads * tokens**2 * dtype.itemsize > DENSE_MASK_CACHE_BYTES:
+            return dense_mask(_dense_exclusion(fibottention_mask(self, with_cls), mode), mode, dtype)
         return self._cached(('dense_mask', mode, bool(with_cls), dtype),
                             lambda: dense_mask(self.dense_exclusion(mode, with_cls), mode, dtype))
 

@@ -22,6 +22,7 @@ masked keys of row ``i`` all have logit 0, so together they act as one extra key
 logit ``log(n_i)`` and value ``(sum_all v - sum_kept v) / n_i``.
 """
 import torch
+import torch.nn.functional as F
 
 
 def neighbor_index(pattern, device=None):
@@ -152,8 +153,8 @@ def fibottention_dense(q, k, v, mask, valid, scale, mode='sparse', with_cls=True
     Args:
         q, k, v (Tensor): (B, heads, T, D).
         mask (Tensor): (heads, T, T) in q's dtype from :meth:`FibPattern.dense_mask` for
-            this ``mode`` and ``with_cls``: added to the scaled logits in sparse mode (0 or
-            ``-inf``), multiplied with them in official mode (1 or 0).
+            this ``mode`` and ``with_cls``: in sparse mode SDPA's additive mask (0 or
+            ``-inf``), in official mode multiplied with the scaled logits (1 or 0).
         valid (Tensor): (heads, N, K) from :func:`neighbor_index`; in sparse mode without
             CLS, its rows with no kept key are the rows to zero.
         scale (float), mode (str), with_cls (bool): see :func:`fibottention_gather`.
@@ -161,12 +162,14 @@ def fibottention_dense(q, k, v, mask, valid, scale, mode='sparse', with_cls=True
     Returns:
         Tensor: (B, heads, T, D).
     """
-    # The logits are a fresh tensor: scale and mask them in place (the official
-    # ``(q @ k^T) * scale * mask`` makes two more (T, T) tensors); the backward of the matmul
-    # needs q and k, not its output. Same bits as the official order of operations.
-    logits = (q @ k.transpose(-1, -2)).mul_(scale)
-    logits = logits.add_(mask) if mode == 'sparse' else logits.mul_(mask)
-    out = logits.softmax(-1) @ v
+    if mode == 'sparse':
+        # Fused SDPA with the additive mask; a 4-D mask keeps CPU SDPA on its fast kernel.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(0), scale=scale)
+    else:
+        # The logits are a fresh tensor: scale and mask them in place (the official
+        # ``(q @ k^T) * scale * mask`` makes two more (T, T) tensors); the backward of the
+        # matmul needs q and k, not its output. Same bits as the official order of operations.
+        out = (q @ k.transpose(-1, -2)).mul_(scale).mul_(mask).softmax(-1) @ v
     if mode == 'sparse' and not with_cls:
         # dense_exclusion leaves the rows with no kept key unmasked (finite softmax and
         # gradients); the op defines their output as 0.
