@@ -51,7 +51,7 @@ from .reference import (fibottention_dense, fibottention_gather, fibottention_pr
 OP = 'fibottention_attention'
 
 PHI = (1 + math.sqrt(5)) / 2
-DENSE_MASK_CACHE_BYTES = 8 * 2**20   # see FibPattern.dense_mask
+DENSE_MASK_CACHE_BYTES = 32 * 2**20   # see FibPattern.dense_mask
 MODES = ('sparse', 'official')
 SHUFFLES = ('per_layer', 'shared', 'none')
 LAYOUTS = ('1d', '2d')
@@ -117,9 +117,10 @@ class FibPattern:
         """(heads, T, T) ``dtype`` mask of :func:`fibottention_dense`: :func:`dense_mask` of
         :meth:`dense_exclusion`.
 
-        Cached up to ``DENSE_MASK_CACHE_BYTES`` (ViT-S at 224: 0.9 MiB a layer); a larger one
-        (25 MiB a layer at 1025 tokens) is built on every call from the neighbour index, a few
-        passes over (heads, T, T) against the attention's ``4 * T * T * D`` per head and image.
+        Cached up to ``DENSE_MASK_CACHE_BYTES``, as the official code keeps its mask (ViT-S,
+        float32: 0.9 MiB a layer at 197 tokens, 25 MiB at 1025); a larger one is built on every
+        call from the neighbour index (building one at 1025 tokens costs about half of a masked
+        SDPA forward, so it is worth its memory there).
         """
         tokens = self.grid[0] * self.grid[1] + int(with_cls)
         if self.num_heads * tokens**2 * dtype.itemsize > DENSE_MASK_CACHE_BYTES:
