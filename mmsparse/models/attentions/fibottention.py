@@ -19,10 +19,10 @@ class Fibottention2d(DenseAttention):
     """Multi-head self-attention with Fibottention (arXiv 2406.19391) on a 2-D map.
 
     The layer's head-shuffled Wythoff/Fibonacci pattern (:mod:`mmsparse.ops.fibottention`)
-    over the flattened grid is built per grid and cached per device; the mask
-    itself is never materialised, except under a dynamic ``torch.export`` (a symbolic
-    grid, e.g. ``tools/deployment/pytorch2onnx.py --dynamic``): there the dense mask is
-    built in the graph from the grid size
+    over the flattened grid is built per grid and cached per device (the op derives its
+    neighbour index, and for short sequences its dense mask, from it once). Under a dynamic
+    ``torch.export`` (a symbolic grid, e.g. ``tools/deployment/pytorch2onnx.py --dynamic``)
+    the dense mask is built in the graph from the grid size
     (:func:`~mmsparse.ops.fibottention.fibottention_attention_traced`, the torch backend
     whatever ``backend`` says), so that one graph serves every size.
     :meth:`forward` attends the ``H x W`` map without a CLS token (a query whose pattern
