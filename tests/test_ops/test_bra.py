@@ -49,11 +49,6 @@ needs_triton = pytest.mark.skipif(not triton_available(), reason='triton is not 
 needs_kernels = pytest.mark.skipif(not _kernels_runnable()[0], reason=_kernels_runnable()[1])
 
 
-@pytest.fixture(autouse=True)
-def no_backend_env(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-
-
 def _qkv_views(n, n_win, region, heads, d_qk, d_v, dtype=torch.float32, seed=0):
     """A fused (N, H, W, 2*Cqk + Cv) tensor; ``_run`` slices q/k/v from it (non-contiguous)."""
     gen = torch.Generator().manual_seed(seed)

@@ -32,7 +32,7 @@ import mmsparse.ops.na2d as na2d_pkg  # noqa: E402
 from mmsparse.ops import (bi_level_routing_attention, cell_average_pool, fibottention_attention,  # noqa: E402
                           fibottention_pattern, global_attention, grid_attention, neighborhood_attention_2d)
 import mmsparse.ops._dispatch as dispatch  # noqa: E402
-from mmsparse.ops._dispatch import ENV_VAR, through_custom_ops  # noqa: E402
+from mmsparse.ops._dispatch import through_custom_ops  # noqa: E402
 from mmsparse.ops.bra import bra_attention_reference, route_regions  # noqa: E402
 from mmsparse.ops.na2d import na2d_reference  # noqa: E402
 from mmsparse.ops.probe import attention_probabilities, record_op_calls  # noqa: E402
@@ -44,16 +44,8 @@ BRA_OP = torch.ops.mmsparse.bi_level_routing_attention.default
 PROBE_TOL = dict(atol=1e-12, rtol=0)
 
 
-@pytest.fixture(autouse=True)
-def no_backend_env(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-
-
-@pytest.fixture(autouse=True)
-def through_the_custom_ops():
-    """Eager autograd calls take the custom ops' registered backward here, as under torch.compile."""
-    with through_custom_ops():
-        yield
+# Eager calls take the custom ops and their registered backward here, as under torch.compile.
+pytestmark = pytest.mark.usefixtures('through_the_custom_ops')
 
 
 def _na_inputs(dtype, with_rpb, shape=(1, 2, 7, 8, 4), kernel_size=3, seed=0, device='cpu'):
@@ -159,7 +151,7 @@ def test_eager_calls_run_inline_with_the_custom_op_gradients(op, monkeypatch):
     """An eager call on plain tensors runs the torch implementation inline (autograd keeps the
     forward's tensors; no recomputing backward), with the custom op's output and gradients;
     a jit trace (the FLOP counter) still records the custom op."""
-    monkeypatch.setitem(dispatch._STATE, 'through_custom_ops', False)   # undo the autouse fixture
+    monkeypatch.setitem(dispatch._STATE, 'through_custom_ops', False)   # undo through_the_custom_ops
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 5, 6, generator=gen, dtype=torch.float64)
     pattern = fibottention_pattern((3, 4), 2, 1)

@@ -28,7 +28,6 @@ import mmsparse.ops._dispatch as dispatch  # noqa: E402
 import mmsparse.ops.fibottention as fib_pkg  # noqa: E402
 import mmsparse.ops.hmhsa as hmhsa_pkg  # noqa: E402
 from mmsparse.ops import cell_average_pool, fibottention_attention, global_attention, grid_attention  # noqa: E402
-from mmsparse.ops._dispatch import ENV_VAR, through_custom_ops  # noqa: E402
 from mmsparse.ops.fibottention import fibottention_mask, fibottention_pattern  # noqa: E402
 from mmsparse.ops.probe import attention_probabilities, record_op_calls  # noqa: E402
 from .test_fibottention import _naive, needs_kernels  # noqa: E402
@@ -45,16 +44,8 @@ ALGORITHMS = {'dense': 10**9, 'sparse': 0}   # DENSE_BELOW_TOKENS value that sel
 OPCHECK_FAST = ('test_schema', 'test_autograd_registration', 'test_faketensor', 'test_aot_dispatch_static')
 
 
-@pytest.fixture(autouse=True)
-def no_backend_env(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-
-
-@pytest.fixture(autouse=True)
-def through_the_custom_ops():
-    """Eager autograd calls take the custom ops' registered backward here, as under torch.compile."""
-    with through_custom_ops():
-        yield
+# Eager calls take the custom ops and their registered backward here, as under torch.compile.
+pytestmark = pytest.mark.usefixtures('through_the_custom_ops')
 
 
 @pytest.fixture(params=sorted(ALGORITHMS))

@@ -40,11 +40,6 @@ def _kernels_runnable():
 needs_kernels = pytest.mark.skipif(not _kernels_runnable()[0], reason=_kernels_runnable()[1])
 
 
-@pytest.fixture(autouse=True)
-def no_backend_env(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-
-
 # ----------------------------------------------------------------------------- patterns
 
 def test_masks_match_official(load_official):

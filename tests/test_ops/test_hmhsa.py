@@ -24,11 +24,6 @@ BACKENDS = ('torch', 'triton')   # 'triton' = the SDPA fast path for H-MHSA
 SIZES = [(13, 22, 7, 4), (17, 9, 8, 8), (14, 15, 7, 2), (5, 3, 8, 8), (8, 12, 4, 2)]
 
 
-@pytest.fixture(autouse=True)
-def no_backend_env(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-
-
 def randn(*shape, seed=0, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 

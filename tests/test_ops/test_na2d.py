@@ -43,11 +43,6 @@ F32_TOL = dict(atol=2e-5, rtol=1e-4)
 FIXTURE_CASES = ['d1_7x11', 'd2_13x10', 'd1_5x9', 'd3_16x15']
 
 
-@pytest.fixture(autouse=True)
-def no_backend_env(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-
-
 @pytest.fixture(scope='module')
 def op_fixture(load_official):
     return load_official('nat_op.pt')

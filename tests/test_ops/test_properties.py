@@ -46,7 +46,6 @@ from hypothesis import strategies as st  # noqa: E402
 
 from mmsparse.ops import (bi_level_routing_attention, cell_average_pool, fibottention_attention,  # noqa: E402
                           global_attention, grid_attention, neighborhood_attention_2d)
-from mmsparse.ops._dispatch import ENV_VAR  # noqa: E402
 from mmsparse.ops.fibottention import fibottention_pattern  # noqa: E402
 from .test_bra import needs_kernels  # noqa: E402
 
@@ -59,11 +58,6 @@ TOL = {
     torch.float32: (dict(atol=1e-4, rtol=1e-4), dict(atol=1e-4, rtol=1e-3)),
 }
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None)
-
-
-@pytest.fixture(autouse=True)
-def no_backend_env(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
 
 
 def _randn(shape, dtype, gen):

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from mmsparse.models.attentions import Fibottention2d
-from mmsparse.models.backbones import NAT, BiFormer, FibottentionViT, HATNet
 from mmsparse.ops.fibottention import fibonacci_offsets
 
 from ..conftest import REPO_ROOT, load_tool
+from ..test_models.test_backbones.utils import tiny_backbone
 from ..utils import run_command, write_shrunk_config
 
 onnxruntime = pytest.importorskip('onnxruntime', reason='the onnx extra (requirements/onnx.txt) is not installed')
@@ -20,17 +20,13 @@ tool = load_tool('deployment/pytorch2onnx.py')
 
 ATOL = 1e-4
 EXPORT_SHAPE = (64, 64)
-# Tiny archs (one block per stage) so that an export takes seconds.
+# The backbone tests' tiny archs, so that an export takes seconds (a 2-layer ViT here).
 BACKBONES = {
-    'biformer': lambda: BiFormer(dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128), head_dim=8),
-                                 n_win=2, topks=(1, 2, 4, -1)),
-    'nat': lambda: NAT(dict(embed_dims=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), mlp_ratio=2.),
-                       dilations=[[2], [1], [1], [1]]),
-    'hatnet': lambda: HATNet(dict(embed_dims=(16, 32, 48, 64), head_dim=8, depths=(1, 1, 1, 1),
-                                  expansions=(2, 2, 2, 2), grid_sizes=(8, 7, 7, 1), ds_ratios=(8, 4, 2, 1),
-                                  kernel_sizes=(3, 3, 3, 3))),
-    'fibottention': lambda: FibottentionViT(dict(embed_dims=32, num_layers=2, num_heads=2, mlp_ratio=2),
-                                            img_size=64, out_indices=(0, 1), out_scales=(1, 0.5)),
+    'biformer': lambda: tiny_backbone('biformer'),
+    'nat': lambda: tiny_backbone('nat'),
+    'hatnet': lambda: tiny_backbone('hat_net'),
+    'fibottention': lambda: tiny_backbone('fibottention_vit', out_indices=(0, 1), out_scales=(1, 0.5),
+                                          arch=dict(embed_dims=32, num_layers=2, num_heads=2, mlp_ratio=2)),
 }
 # Second size of each dynamic export, different in height and width from the traced
 # 64x64 and needing padding where 64x64 needs none, so a graph that baked the traced

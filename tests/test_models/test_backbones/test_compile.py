@@ -16,23 +16,11 @@ code generation) takes 5-20 s per backbone; Inductor's C++ code generation about
 import pytest
 import torch
 
-from mmsparse.models.backbones import NAT, BiFormer, FibottentionViT, HATNet
 from mmsparse.ops._dispatch import ENV_VAR
+from .utils import TINY_BACKBONES, tiny_backbone
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 INPUT_SHAPE = (1, 3, 64, 64)
-
-BACKBONES = {
-    'biformer': lambda: BiFormer(dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128), head_dim=8),
-                                 n_win=2, topks=(1, 2, 4, -1)),
-    'nat': lambda: NAT(dict(embed_dims=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), mlp_ratio=2.),
-                       dilations=[[2], [1], [1], [1]]),
-    'hat_net': lambda: HATNet(dict(embed_dims=(16, 32, 48, 64), head_dim=8, depths=(1, 1, 1, 1),
-                                   expansions=(2, 2, 2, 2), grid_sizes=(8, 7, 7, 1), ds_ratios=(8, 4, 2, 1),
-                                   kernel_sizes=(3, 3, 3, 3))),
-    'fibottention_vit': lambda: FibottentionViT(dict(embed_dims=32, num_layers=4, num_heads=2, mlp_ratio=2),
-                                                img_size=64),
-}
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +34,7 @@ def torch_backend(monkeypatch):
 
 def _model_and_input(name):
     torch.manual_seed(0)
-    model = BACKBONES[name]().eval()
+    model = tiny_backbone(name).eval()
     x = torch.randn(INPUT_SHAPE, generator=torch.Generator().manual_seed(1))
     return model, x
 
@@ -63,7 +51,7 @@ def _outputs_and_input_grad(model, x, weights=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', list(BACKBONES))
+@pytest.mark.parametrize('name', list(TINY_BACKBONES))
 def test_compile_fullgraph_aot_eager_matches_eager(name):
     model, x = _model_and_input(name)
     want_outs, want_grad, weights = _outputs_and_input_grad(model, x)

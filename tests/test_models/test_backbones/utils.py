@@ -1,5 +1,26 @@
-"""Checks shared by the backbone tests."""
+"""Checks and tiny models shared by the backbone tests."""
 import torch
+
+from mmsparse.models.backbones import NAT, BiFormer, FibottentionViT, HATNet
+
+# One block per stage (FibottentionViT: 4 layers), so that compiling or exporting takes seconds.
+TINY_BACKBONES = {
+    'biformer': (BiFormer, dict(arch=dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128), head_dim=8),
+                                n_win=2, topks=(1, 2, 4, -1))),
+    'nat': (NAT, dict(arch=dict(embed_dims=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), mlp_ratio=2.),
+                      dilations=[[2], [1], [1], [1]])),
+    'hat_net': (HATNet, dict(arch=dict(embed_dims=(16, 32, 48, 64), head_dim=8, depths=(1, 1, 1, 1),
+                                       expansions=(2, 2, 2, 2), grid_sizes=(8, 7, 7, 1), ds_ratios=(8, 4, 2, 1),
+                                       kernel_sizes=(3, 3, 3, 3)))),
+    'fibottention_vit': (FibottentionViT, dict(arch=dict(embed_dims=32, num_layers=4, num_heads=2, mlp_ratio=2),
+                                               img_size=64)),
+}
+
+
+def tiny_backbone(family, **overrides):
+    """The :data:`TINY_BACKBONES` model of ``family``, with ``overrides`` on its arguments."""
+    cls, kwargs = TINY_BACKBONES[family]
+    return cls(**{**kwargs, **overrides})
 
 
 def assert_checkpointing_keeps_gradients(plain, checkpointed, x):
