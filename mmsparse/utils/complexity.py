@@ -14,7 +14,8 @@ entry, ``d_qk`` for the logit and ``d_v`` for the weighted sum of values, i.e.
 elementwise and not counted, as fvcore ignores elementwise ops. A mean over ``n``
 elements costs ``n`` (the convention of MMEngine's ``adaptive_avg_pool2d`` handle).
 Each mmsparse op is counted from its arguments and its pattern alone, never from the
-algorithm a backend runs, so the reference and the Triton kernels count the same:
+algorithm a backend runs, so the reference and the Triton kernels count the same (the
+Triton ``triton_op`` of each op, ``mmsparse::<op>_triton``, has a handle too):
 
 * ``neighborhood_attention_2d``: ``k*k`` keys per query (NATTEN windows never pad);
 * ``bi_level_routing_attention``: region means of ``q`` and ``k`` and the
@@ -324,14 +325,27 @@ def na2d_flops(node):
 
 def bra_flops(node):
     """``mmsparse::bi_level_routing_attention``: routing, then ``topk`` regions per query."""
+    n, _, _, c_qk = _shape(node, 'q')
+    regions = _constant(node, 'n_win')**2
+    region_logits = n * regions * regions * c_qk             # one graph for all heads
+    return region_logits + _bra_means_and_attention(node, _constant(node, 'topk'))
+
+
+def bra_triton_flops(node):
+    """``mmsparse::bi_level_routing_attention_triton``: the attention over the routed regions
+    and the region means of the routing, which runs as aten ops before it: the trace's
+    ``aten::matmul`` counts the region logits (``aten::mean`` has no MMEngine handle), so the
+    total equals :func:`bra_flops`."""
+    return _bra_means_and_attention(node, _shape(node, 'region_index')[-1])
+
+
+def _bra_means_and_attention(node, topk):
     n, height, width, c_qk = _shape(node, 'q')
     c_v = _shape(node, 'v')[-1]
-    n_win, topk = _constant(node, 'n_win'), _constant(node, 'topk')
-    regions = n_win * n_win
+    regions = _constant(node, 'n_win')**2
     region_means = 2 * n * height * width * c_qk             # q and k, every element once
-    region_logits = n * regions * regions * c_qk             # one graph for all heads
     entries = n * height * width * topk * (height * width // regions)   # summed over heads below
-    return region_means + region_logits + entries * (c_qk + c_v)
+    return region_means + entries * (c_qk + c_v)
 
 
 def grid_attention_flops(node):
@@ -374,7 +388,9 @@ def fibottention_flops(node):
 ATTENTION_FLOP_HANDLES = {
     'aten::scaled_dot_product_attention': _node_handle(sdpa_flops),
     'mmsparse::neighborhood_attention_2d': _node_handle(na2d_flops),
+    'mmsparse::neighborhood_attention_2d_triton': _node_handle(na2d_flops),   # the same arguments
     'mmsparse::bi_level_routing_attention': _node_handle(bra_flops),
+    'mmsparse::bi_level_routing_attention_triton': _node_handle(bra_triton_flops),
     'mmsparse::grid_attention': _node_handle(grid_attention_flops),
     'mmsparse::global_attention': _node_handle(global_attention_flops),
     'mmsparse::cell_average_pool': _node_handle(cell_average_pool_flops),

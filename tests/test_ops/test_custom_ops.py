@@ -3,10 +3,13 @@ and their probe (recorded calls and attention probabilities).
 
 * ``torch.library.opcheck`` of ``mmsparse::neighborhood_attention_2d`` and
   ``mmsparse::bi_level_routing_attention`` (schema, fake tensors, autograd registration,
-  AOT dispatch) on the torch backend in float64 and float32, and on the Triton backend
-  (the CPU interpreter without a GPU) for one case each.
+  AOT dispatch) in float64 and float32, and of their Triton ``triton_op`` forward and
+  backward (``mmsparse::*_triton``, ``mmsparse::*_triton_backward``; the CPU interpreter
+  without a GPU).
 * Gradients through the custom ops equal those of the reference called directly, and
-  pass ``gradcheck`` (float64, tiny shapes).
+  pass ``gradcheck`` (float64, tiny shapes). The Triton backward runs the backward kernels
+  only (the forward saved its log-sum-exp), and ``torch.compile(fullgraph=True)`` of the
+  Triton ops equals eager, output and gradients.
 * ``torch.jit.trace`` records one ``mmsparse::`` node with ``q, k, v`` as its first
   inputs (the FLOP counter reads them); under ONNX export the reference runs inline.
 * The probe: every row of the probabilities sums to 1, and ``probs @ V[key_index]``
@@ -41,6 +44,8 @@ from .test_bra import needs_kernels  # noqa: E402
 DEVICE = 'cuda' if ON_GPU else 'cpu'
 NA_OP = torch.ops.mmsparse.neighborhood_attention_2d.default
 BRA_OP = torch.ops.mmsparse.bi_level_routing_attention.default
+# The dynamic-shape AOT test of opcheck retraces the interpreted kernels' launches (minutes).
+OPCHECK_STATIC = ('test_schema', 'test_autograd_registration', 'test_faketensor', 'test_aot_dispatch_static')
 PROBE_TOL = dict(atol=1e-12, rtol=0)
 
 
@@ -70,26 +75,39 @@ def _bra_inputs(dtype, n=1, size=(4, 6), c_qk=8, c_v=4, seed=0, device='cpu'):
                                                      (torch.float32, 2, True), (torch.float32, 1, False)])
 def test_na2d_opcheck_torch(dtype, dilation, with_rpb):
     q, k, v, rpb = _na_inputs(dtype, with_rpb)
-    torch.library.opcheck(NA_OP, (q, k, v, 3, dilation, rpb, 0.4, 'torch'))
+    torch.library.opcheck(NA_OP, (q, k, v, 3, dilation, rpb, 0.4))
 
 
 @needs_kernels
-def test_na2d_opcheck_triton():
-    q, k, v, rpb = _na_inputs(torch.float64, True, device=DEVICE)
-    torch.library.opcheck(NA_OP, (q, k, v, 3, 2, rpb, 0.4, 'triton'))
+@pytest.mark.parametrize('with_rpb', [True, False])
+def test_na2d_triton_opcheck(with_rpb):
+    from mmsparse.ops.na2d import triton_kernels
+    q, k, v, rpb = _na_inputs(torch.float64, with_rpb, device=DEVICE)
+    torch.library.opcheck(triton_kernels._na2d_triton_op, (q, k, v, 3, 2, rpb, 0.4), test_utils=OPCHECK_STATIC)
+    out, lse = (t.detach() for t in triton_kernels._na2d_triton_op(q, k, v, 3, 2, rpb, 0.4))
+    leaves = [None if t is None else t.detach() for t in (q, k, v, rpb)]
+    torch.library.opcheck(triton_kernels._na2d_triton_backward_op,
+                          (torch.randn_like(out), *leaves, out, lse, 3, 2, 0.4), test_utils=OPCHECK_STATIC)
 
 
 @pytest.mark.parametrize('dtype,topk', [(torch.float64, 1), (torch.float64, 3), (torch.float32, 3)])
 def test_bra_opcheck_torch(dtype, topk):
     q, k, v = _bra_inputs(dtype, size=(4, 4), c_qk=4, c_v=4)
-    torch.library.opcheck(BRA_OP, (q, k, v, 2, 2, topk, 0.4, 'torch'))
+    torch.library.opcheck(BRA_OP, (q, k, v, 2, 2, topk, 0.4))
 
 
 @needs_kernels
 @pytest.mark.parametrize('topk', [1, 3])
-def test_bra_opcheck_triton(topk):
+def test_bra_triton_opcheck(topk):
+    from mmsparse.ops.bra import triton_kernels
     q, k, v = _bra_inputs(torch.float64, device=DEVICE)
-    torch.library.opcheck(BRA_OP, (q, k, v, 2, 2, topk, 0.4, 'triton'))
+    region_index = route_regions(q, k, 2, topk, 0.4)
+    args = (region_index, 2, 2, 0.4)
+    torch.library.opcheck(triton_kernels._bra_triton_op, (q, k, v, *args), test_utils=OPCHECK_STATIC)
+    out, lse = (t.detach() for t in triton_kernels._bra_triton_op(q, k, v, *args))
+    torch.library.opcheck(triton_kernels._bra_triton_backward_op,
+                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, *args),
+                          test_utils=OPCHECK_STATIC)
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -134,16 +152,48 @@ def test_bra_custom_op_gradients_equal_reference(topk):
     assert torch.autograd.gradcheck(lambda q, k, v: bi_level_routing_attention(q, k, v, 2, 2, topk, 0.4), small)
 
 
+def _triton_cases():
+    """Each op's Triton call and its torch twin, on float64 inputs."""
+    return {
+        'na2d': (_na_inputs(torch.float64, True, device=DEVICE),
+                 lambda q, k, v, rpb, backend: neighborhood_attention_2d(q, k, v, 3, 2, rpb, backend=backend)),
+        'bra': (_bra_inputs(torch.float64, device=DEVICE),
+                lambda q, k, v, backend: bi_level_routing_attention(q, k, v, 2, 2, 2, backend=backend)),
+    }
+
+
 @needs_kernels
-def test_triton_custom_op_gradients_equal_reference():
-    """The triton backward custom ops (rerun forward kernel + backward kernel) = the reference."""
-    inputs = _na_inputs(torch.float64, True, device=DEVICE)
-    got = _grads(lambda q, k, v, rpb: neighborhood_attention_2d(q, k, v, 3, 2, rpb, backend='triton'), inputs)
-    want = _grads(lambda q, k, v, rpb: neighborhood_attention_2d(q, k, v, 3, 2, rpb, backend='torch'), inputs)
-    inputs = _bra_inputs(torch.float64, device=DEVICE)
-    got += _grads(lambda q, k, v: bi_level_routing_attention(q, k, v, 2, 2, 2, backend='triton'), inputs)
-    want += _grads(lambda q, k, v: bi_level_routing_attention(q, k, v, 2, 2, 2, backend='torch'), inputs)
-    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-8)
+@pytest.mark.parametrize('op', ['na2d', 'bra'])
+def test_triton_backward_runs_no_forward_kernel(op, monkeypatch):
+    """Gradients through the triton ops = the torch backend's, and the backward launches
+    the backward kernels only: the forward op saved its log-sum-exp."""
+    import mmsparse.ops._triton_op as triton_op
+    inputs, fn = _triton_cases()[op]
+    launched, launch = [], triton_op.launch_triton
+    kernels = {'na2d': 'mmsparse.ops.na2d.triton_kernels', 'bra': 'mmsparse.ops.bra.triton_kernels'}[op]
+    monkeypatch.setattr(sys.modules[kernels], 'launch_triton',
+                        lambda kernel, *a, **kw: launched.append(kernel.__name__) or launch(kernel, *a, **kw))
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves, 'triton')
+    forward_kernels, launched[:] = list(launched), []
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype).to(out.device)
+    grads = torch.autograd.grad(out, [t for t in leaves if t is not None], upstream)
+    assert forward_kernels and all('fwd' in name for name in forward_kernels)
+    assert launched and not any('fwd' in name for name in launched), launched
+    want = _grads(lambda *t: fn(*t, 'torch'), inputs)
+    torch.testing.assert_close((out.detach(), grads), want, atol=1e-10, rtol=1e-8)
+
+
+@needs_kernels
+@pytest.mark.parametrize('op', ['na2d', 'bra'])
+def test_triton_ops_compile_fullgraph_equal_eager(op):
+    """``torch.compile(fullgraph=True)`` of the triton ops: output and gradients equal eager."""
+    torch._dynamo.reset()
+    inputs, fn = _triton_cases()[op]
+    compiled = torch.compile(lambda *t: fn(*t, 'triton'), fullgraph=True)
+    got = _grads(compiled, inputs)
+    want = _grads(lambda *t: fn(*t, 'triton'), inputs)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize('op', ['na2d', 'bra', 'fibottention', 'grid', 'global', 'pool'])

@@ -1,10 +1,15 @@
 """Bi-level routing attention (BiFormer, arXiv 2303.08810) as a functional op.
 
-The public function checks its arguments and calls the custom op
-``mmsparse::bi_level_routing_attention`` (schema: ``q, k, v, num_heads, n_win, topk,
-scale, backend`` with the backend already resolved to ``'torch'`` or ``'triton'``;
-returns ``(out, region_index)``), one node for ``torch.compile``, ``torch.jit.trace``
-and the FLOP counter. Routing runs inside the op.
+The public function checks its arguments and calls ``torch.library`` ops, one node each
+for ``torch.compile``, ``torch.jit.trace`` and the FLOP counter:
+
+* the torch backend: the custom op ``mmsparse::bi_level_routing_attention`` (schema:
+  ``q, k, v, num_heads, n_win, topk, scale``; returns ``(out, region_index)``; routing
+  runs inside the op), or its implementation inline for an eager call
+  (:func:`mmsparse.ops._dispatch.runs_inline`);
+* the triton backend: the routing as plain aten ops, then the ``triton_op``
+  ``mmsparse::bi_level_routing_attention_triton`` (``q, k, v, region_index, num_heads,
+  n_win, scale``; :mod:`mmsparse.ops.bra.triton_kernels`).
 """
 from typing import Tuple
 
@@ -52,58 +57,50 @@ def bi_level_routing_attention(q, k, v, num_heads, n_win, topk, scale=None,
     if resolved == 'triton':  # here, since on meta tensors the custom op runs its fake
         for name, t in (('q', q), ('k', k), ('v', v)):
             check_triton_device(name, t)
-    if runs_inline(resolved == 'torch', q, k, v):
-        out, region_index = _implementation(q, k, v, num_heads, n_win, topk, scale, resolved)
+    if resolved == 'triton':
+        from . import triton_kernels
+        region_index = route_regions(q, k, n_win, topk, scale)
+        out = triton_kernels.bra_attention_triton(q, k, v, region_index, num_heads, n_win, scale)
+    elif runs_inline(True, q, k, v):
+        out, region_index = _implementation(q, k, v, num_heads, n_win, topk, scale)
     else:
-        out, region_index = _bra_op(q, k, v, int(num_heads), int(n_win), int(topk), scale, resolved)
+        out, region_index = _bra_op(q, k, v, int(num_heads), int(n_win), int(topk), scale)
     return (out, region_index) if return_routing else out
 
 
-def _attention(q, k, v, region_index, num_heads, n_win, scale, backend):
-    """Token attention over the routed regions for a resolved backend."""
-    if backend == 'triton':
-        from .triton_kernels import bra_attention_triton
-        return bra_attention_triton(q, k, v, region_index, num_heads, n_win, scale)
-    return bra_attention_reference(q, k, v, region_index, num_heads, n_win, scale)
-
-
-def _implementation(q, k, v, num_heads, n_win, topk, scale, backend):
-    """Routing, then attention; module-level names, so tests can spy on them."""
+def _implementation(q, k, v, num_heads, n_win, topk, scale):
+    """Routing, then the reference attention over the routed regions."""
     region_index = route_regions(q, k, n_win, topk, scale)
-    return _attention(q, k, v, region_index, num_heads, n_win, scale, backend), region_index
+    return bra_attention_reference(q, k, v, region_index, num_heads, n_win, scale), region_index
 
 
 @torch.library.custom_op(f'mmsparse::{OP}', mutates_args=())
-def _bra_op(q: Tensor, k: Tensor, v: Tensor, num_heads: int, n_win: int, topk: int, scale: float,
-            backend: str) -> Tuple[Tensor, Tensor]:
-    out, region_index = _implementation(q, k, v, num_heads, n_win, topk, scale, backend)
+def _bra_op(q: Tensor, k: Tensor, v: Tensor, num_heads: int, n_win: int, topk: int,
+            scale: float) -> Tuple[Tensor, Tensor]:
+    out, region_index = _implementation(q, k, v, num_heads, n_win, topk, scale)
     # Contiguous, as the fake implementation promises.
     return out.contiguous(), region_index.contiguous()
 
 
 @_bra_op.register_fake
-def _bra_fake(q, k, v, num_heads, n_win, topk, scale, backend):
+def _bra_fake(q, k, v, num_heads, n_win, topk, scale):
     return v.new_empty(v.shape), q.new_empty((q.shape[0], n_win * n_win, topk), dtype=torch.int64)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, num_heads, n_win, topk, scale, backend = inputs
+    q, k, v, num_heads, n_win, topk, scale = inputs
     ctx.save_for_backward(q, k, v, output[1])
-    ctx.bra = (num_heads, n_win, scale, backend)
+    ctx.bra = (num_heads, n_win, scale)
 
 
 def _backward(ctx, grad_out, grad_region_index):
     # The routing is a constant for autograd (detached region means, diff_routing=False).
     q, k, v, region_index = ctx.saved_tensors
-    num_heads, n_win, scale, backend = ctx.bra
-    if backend == 'triton':
-        from .triton_kernels import bra_triton_backward
-        dq, dk, dv = bra_triton_backward(grad_out, q, k, v, region_index, num_heads, n_win, scale)
-    else:
-        dq, dk, dv = recompute_gradients(
-            lambda q, k, v: bra_attention_reference(q, k, v, region_index, num_heads, n_win, scale), (q, k, v),
-            grad_out)
-    return dq, dk, dv, None, None, None, None, None
+    num_heads, n_win, scale = ctx.bra
+    dq, dk, dv = recompute_gradients(
+        lambda q, k, v: bra_attention_reference(q, k, v, region_index, num_heads, n_win, scale), (q, k, v),
+        grad_out)
+    return dq, dk, dv, None, None, None, None
 
 
 _bra_op.register_autograd(_backward, setup_context=_setup_context)

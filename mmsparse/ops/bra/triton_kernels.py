@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import check_triton_device, interpreting
+from .._triton_op import launch_triton, triton_custom_op
 from .reference import bra_attention_reference
 
 _LOG2E = 1.4426950408889634
@@ -432,29 +433,33 @@ def _validate(q, k, v, region_index, num_heads, n_win, scale):
         raise ValueError(f'scale={scale!r} must be a finite float')
 
 
-def _forward(q, k, v, region_index, num_heads, n_win, scale):
-    """Launch the forward kernel: ``(o, lse, geo, cfg, comp)``."""
+def _configs(q, v, region_index, num_heads, n_win):
+    """``(geo, cfg, comp)``: the geometry, block sizes and compute constexprs of all three kernels."""
     geo = _geometry(q, v, region_index, num_heads, n_win)
     cfg = _block_config(geo['tokens'], geo['n_keys'], geo['d_qk'], geo['d_v'], q.dtype)
-    comp = _compute_config(q.dtype, q.device)
-    scale_arg = _scale_arg(scale, q.dtype, q.device)
-    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return geo, cfg, _compute_config(q.dtype, q.device)
 
+
+def _forward(q, k, v, region_index, num_heads, n_win, scale):
+    """Launch the forward kernel: ``(o, lse)``."""
+    geo, cfg, comp = _configs(q, v, region_index, num_heads, n_win)
+    scale_arg = _scale_arg(scale, q.dtype, q.device)
     o = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     # Base-2 log-sum-exp per (region, head, token) row: all backward needs to rebuild P.
     lse = torch.empty((geo['n'] * geo['num_regions'], num_heads, geo['tokens']),
-                      dtype=acc_dtype, device=q.device)
+                      dtype=_acc_dtype(q.dtype), device=q.device)
     grid = (geo['n'] * geo['num_regions'], num_heads, triton.cdiv(geo['tokens'], cfg['BLOCK_M']))
-    _bra_fwd_kernel[grid](
-        q, k, v, o, lse, region_index, scale_arg,
+    launch_triton(
+        _bra_fwd_kernel, grid, q, k, v, o, lse, region_index, scale_arg,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *region_index.stride(),
         geo['num_regions'], n_win, geo['reg_h'], geo['reg_w'], geo['tokens'], geo['n_keys'],
         num_heads, D_QK=geo['d_qk'], D_V=geo['d_v'], **cfg, **comp)
-    return o, lse, geo, cfg, comp
+    return o, lse
 
 
-def _backward(do, q, k, v, o, lse, region_index, num_heads, n_win, scale, geo, cfg, comp):
+def _backward(do, q, k, v, o, lse, region_index, num_heads, n_win, scale):
     """Launch the backward kernels: ``(dq, dk, dv)`` in the input dtypes."""
+    geo, cfg, comp = _configs(q, v, region_index, num_heads, n_win)
     scale_arg = _scale_arg(scale, q.dtype, q.device)
     acc_dtype = lse.dtype
     if do.dtype != o.dtype:
@@ -465,8 +470,8 @@ def _backward(do, q, k, v, o, lse, region_index, num_heads, n_win, scale, geo, c
     common = (geo['num_regions'], n_win, geo['reg_h'], geo['reg_w'], geo['tokens'], geo['n_keys'],
               num_heads)
     grid = (geo['n'] * geo['num_regions'], num_heads, triton.cdiv(geo['tokens'], cfg['BLOCK_M']))
-    _bra_bwd_dq_kernel[grid](
-        q, k, v, o, do, dq, lse, delta, region_index, scale_arg,
+    launch_triton(
+        _bra_bwd_dq_kernel, grid, q, k, v, o, do, dq, lse, delta, region_index, scale_arg,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
         *region_index.stride(), *common,
         D_QK=geo['d_qk'], D_V=geo['d_v'], **cfg, **comp)
@@ -476,62 +481,64 @@ def _backward(do, q, k, v, o, lse, region_index, num_heads, n_win, scale, geo, c
     dv = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)
     num_kblocks = triton.cdiv(geo['n_keys'], cfg['BLOCK_N'])
     grid = (geo['n'] * geo['num_regions'] * num_kblocks, num_heads)
-    _bra_bwd_dkdv_kernel[grid](
-        q, k, v, do, dk, dv, lse, delta, region_index, scale_arg,
+    launch_triton(
+        _bra_bwd_dkdv_kernel, grid, q, k, v, do, dk, dv, lse, delta, region_index, scale_arg,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
         *region_index.stride(), *common, num_kblocks,
         D_QK=geo['d_qk'], D_V=geo['d_v'], **cfg, **comp)
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
-class _BRATritonFunction(torch.autograd.Function):
-    """Fused BRA: forward saves (q, k, v, o, lse, region_index), backward recomputes P."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, region_index, num_heads, n_win, scale):
-        o, lse, geo, cfg, comp = _forward(q, k, v, region_index, num_heads, n_win, scale)
-        ctx.save_for_backward(q, k, v, o, lse, region_index)
-        ctx.bra = (num_heads, n_win, scale, geo, cfg, comp)
-        return o
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, do):
-        q, k, v, o, lse, region_index = ctx.saved_tensors
-        num_heads, n_win, scale, geo, cfg, comp = ctx.bra
-        grads = _backward(do, q, k, v, o, lse, region_index, num_heads, n_win, scale, geo, cfg, comp)
-        return grads + (None, ) * 4
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@torch.library.custom_op('mmsparse::bi_level_routing_attention_triton_backward', mutates_args=())
-def bra_triton_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        region_index: torch.Tensor, num_heads: int, n_win: int,
-                        scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward of the custom op ``mmsparse::bi_level_routing_attention`` on the triton backend.
-
-    A custom op of its own, so that AOTAutograd records it as one node instead of tracing
-    kernel launches on fake tensors. It reruns the forward kernel for the log-sum-exp (the
-    forward custom op returns only the output and the routing), then the backward kernels.
-
-    Returns:
-        tuple[Tensor, Tensor, Tensor]: ``(dq, dk, dv)``, contiguous.
-    """
+@triton_custom_op('mmsparse::bi_level_routing_attention_triton')
+def _bra_triton_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, region_index: torch.Tensor, num_heads: int,
+                   n_win: int, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``mmsparse::bi_level_routing_attention_triton``: ``(o, lse)``, the attention over the routed
+    regions and the base-2 log-sum-exp per (region, head, token) row the backward rebuilds
+    the probabilities from."""
     _validate(q, k, v, region_index, num_heads, n_win, scale)
-    if q.numel() == 0 or v.numel() == 0:
-        # Empty output: every gradient is zero (and Triton rejects empty grids).
+    if q.numel() == 0 or v.numel() == 0:  # empty batch or channels: Triton rejects empty grids
+        n, height, width = q.shape[:3]
+        tokens = (height // n_win) * (width // n_win)
+        return (bra_attention_reference(q, k, v, region_index, num_heads, n_win, scale),
+                q.new_empty((n * n_win * n_win, num_heads, tokens), dtype=_acc_dtype(q.dtype)))
+    return _forward(q, k, v, region_index, num_heads, n_win, scale)
+
+
+@triton_custom_op('mmsparse::bi_level_routing_attention_triton_backward')
+def _bra_triton_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            o: torch.Tensor, lse: torch.Tensor, region_index: torch.Tensor, num_heads: int,
+                            n_win: int, scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` from the forward's ``o`` and ``lse``, without rerunning it."""
+    if q.numel() == 0 or v.numel() == 0:  # empty output: every gradient is zero
         return tuple(torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
-    o, lse, geo, cfg, comp = _forward(q, k, v, region_index, num_heads, n_win, scale)
-    grads = _backward(do, q, k, v, o, lse, region_index, num_heads, n_win, scale, geo, cfg, comp)
-    return tuple(g.contiguous() for g in grads)
+    return _backward(do, q, k, v, o, lse, region_index, num_heads, n_win, scale)
 
 
-@bra_triton_backward.register_fake
-def _bra_triton_backward_fake(do, q, k, v, region_index, num_heads, n_win, scale):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+def _setup_context(ctx, inputs, output):
+    q, k, v, region_index, num_heads, n_win, scale = inputs
+    o, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, o, lse, region_index)
+    ctx.bra = (num_heads, n_win, scale)
+
+
+def _backward_of_op(ctx, do, d_lse):
+    # The routing is a constant for autograd (detached region means, diff_routing=False).
+    q, k, v, o, lse, region_index = ctx.saved_tensors
+    dq, dk, dv = _bra_triton_backward_op(do, q, k, v, o, lse, region_index, *ctx.bra)
+    return dq, dk, dv, None, None, None, None
+
+
+_bra_triton_op.register_autograd(_backward_of_op, setup_context=_setup_context)
 
 
 def bra_attention_triton(q, k, v, region_index, num_heads, n_win, scale):
-    """Token-to-token attention over the routed regions with fused Triton kernels.
+    """Token-to-token attention over the routed regions with fused Triton kernels (the op
+    ``mmsparse::bi_level_routing_attention_triton``).
 
     Drop-in for :func:`mmsparse.ops.bra.reference.bra_attention_reference`
     (same arguments, result and gradients, up to float rounding).
@@ -558,11 +565,7 @@ def bra_attention_triton(q, k, v, region_index, num_heads, n_win, scale):
         RuntimeError: tensors not on CUDA while ``TRITON_INTERPRET`` is off.
         TypeError / ValueError: unsupported dtypes or inconsistent shapes.
     """
-    _validate(q, k, v, region_index, num_heads, n_win, scale)
-    if q.numel() == 0 or v.numel() == 0:
-        # Empty batch or channels: nothing to launch (Triton rejects empty grids).
-        return bra_attention_reference(q, k, v, region_index, num_heads, n_win, scale)
-    return _BRATritonFunction.apply(q, k, v, region_index, num_heads, n_win, float(scale))
+    return _bra_triton_op(q, k, v, region_index, int(num_heads), int(n_win), float(scale))[0]
 
 
-__all__ = ['bra_attention_triton', 'bra_triton_backward']
+__all__ = ['bra_attention_triton']

@@ -1,9 +1,13 @@
 """2-D (dilated) neighborhood attention (NAT arXiv 2204.07143, DiNAT arXiv 2209.15001) as a functional op.
 
-The public function checks its arguments and calls the custom op
-``mmsparse::neighborhood_attention_2d`` (schema: ``q, k, v, kernel_size, dilation, rpb,
-scale, backend`` with the backend already resolved to ``'torch'`` or ``'triton'``), one
-node for ``torch.compile``, ``torch.jit.trace`` and the FLOP counter.
+The public function checks its arguments and calls one ``torch.library`` op, one node
+for ``torch.compile``, ``torch.jit.trace`` and the FLOP counter:
+
+* the torch backend: the custom op ``mmsparse::neighborhood_attention_2d`` (schema:
+  ``q, k, v, kernel_size, dilation, rpb, scale``), or its implementation inline for an
+  eager call (:func:`mmsparse.ops._dispatch.runs_inline`);
+* the triton backend: the ``triton_op`` ``mmsparse::neighborhood_attention_2d_triton``
+  (same arguments; :mod:`mmsparse.ops.na2d.triton_kernels`).
 """
 from typing import Optional
 
@@ -60,49 +64,38 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
         for name, t in (('q', q), ('k', k), ('v', v), ('rpb', rpb)):
             if t is not None:
                 check_triton_device(name, t)
-    if runs_inline(resolved == 'torch', q, k, v, rpb):
-        return _implementation(q, k, v, kernel_size, dilation, rpb, scale, resolved)
-    return _na2d_op(q, k, v, kernel_size, dilation, rpb, scale, resolved)
-
-
-def _implementation(q, k, v, kernel_size, dilation, rpb, scale, backend):
-    """The op for a resolved backend; module-level names, so tests can spy on them."""
-    if backend == 'triton':
-        from .triton_kernels import na2d_triton
-        return na2d_triton(q, k, v, kernel_size, dilation, rpb, scale)
-    return na2d_torch(q, k, v, kernel_size, dilation, rpb, scale)
+    if resolved == 'triton':
+        from . import triton_kernels
+        return triton_kernels.na2d_triton(q, k, v, kernel_size, dilation, rpb, scale)
+    if runs_inline(True, q, k, v, rpb):
+        return na2d_torch(q, k, v, kernel_size, dilation, rpb, scale)
+    return _na2d_op(q, k, v, kernel_size, dilation, rpb, scale)
 
 
 @torch.library.custom_op(f'mmsparse::{OP}', mutates_args=())
 def _na2d_op(q: Tensor, k: Tensor, v: Tensor, kernel_size: int, dilation: int, rpb: Optional[Tensor],
-             scale: float, backend: str) -> Tensor:
+             scale: float) -> Tensor:
     # Contiguous, as the fake implementation promises.
-    return _implementation(q, k, v, kernel_size, dilation, rpb, scale, backend).contiguous()
+    return na2d_torch(q, k, v, kernel_size, dilation, rpb, scale).contiguous()
 
 
 @_na2d_op.register_fake
-def _na2d_fake(q, k, v, kernel_size, dilation, rpb, scale, backend):
+def _na2d_fake(q, k, v, kernel_size, dilation, rpb, scale):
     return q.new_empty(q.shape[:4] + v.shape[4:])
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, kernel_size, dilation, rpb, scale, backend = inputs
+    q, k, v, kernel_size, dilation, rpb, scale = inputs
     ctx.save_for_backward(q, k, v, rpb)
-    ctx.na = (kernel_size, dilation, scale, backend)
+    ctx.na = (kernel_size, dilation, scale)
 
 
 def _backward(ctx, grad_out):
     q, k, v, rpb = ctx.saved_tensors
-    kernel_size, dilation, scale, backend = ctx.na
-    if backend == 'triton':
-        from .triton_kernels import na2d_triton_backward
-        grads = list(na2d_triton_backward(grad_out, q, k, v, kernel_size, dilation, rpb, scale))
-        grads[3] = grads[3] if rpb is not None else None
-    else:
-        grads = recompute_gradients(
-            lambda q, k, v, rpb: na2d_torch(q, k, v, kernel_size, dilation, rpb, scale), (q, k, v, rpb), grad_out)
-    dq, dk, dv, d_rpb = grads
-    return dq, dk, dv, None, None, d_rpb, None, None
+    kernel_size, dilation, scale = ctx.na
+    dq, dk, dv, d_rpb = recompute_gradients(
+        lambda q, k, v, rpb: na2d_torch(q, k, v, kernel_size, dilation, rpb, scale), (q, k, v, rpb), grad_out)
+    return dq, dk, dv, None, None, d_rpb, None
 
 
 _na2d_op.register_autograd(_backward, setup_context=_setup_context)

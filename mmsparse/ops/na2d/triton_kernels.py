@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import check_triton_device, interpreting
-from .reference import na2d_reference
+from .._triton_op import launch_triton, triton_custom_op
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -218,98 +218,102 @@ def _strides(*tensors):
 
 
 def _forward(q, k, v, rpb, kernel_size, dilation, scale):
-    """Launch the forward kernel: ``(out, lse, scale_t, cfg)``, all backward needs besides the inputs."""
+    """Launch the forward kernel: ``(out, lse)``."""
     batch, heads, q_height, q_width, head_dim = q.shape
     height, width = k.shape[2:4]
     acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     cfg = _block_config(q_height * q_width, head_dim)
-    scale_t = torch.tensor([scale], dtype=acc_dtype, device=q.device)
     has_rpb = rpb is not None
     out = torch.empty(q.shape[:4] + v.shape[4:], dtype=v.dtype, device=q.device)
     lse = torch.empty((batch * heads, q_height * q_width), dtype=acc_dtype, device=q.device)
     grid = (batch * heads, triton.cdiv(q_height * q_width, cfg['BLOCK_M']))
-    _na2d_fwd_kernel[grid](
-        q, k, v, rpb if has_rpb else q, out, lse, scale_t, *_strides(q, k, v, out),
-        *(rpb.stride() if has_rpb else (0, 0, 0)),
+    launch_triton(
+        _na2d_fwd_kernel, grid, q, k, v, rpb if has_rpb else q, out, lse, _scale_tensor(scale, acc_dtype, q),
+        *_strides(q, k, v, out), *(rpb.stride() if has_rpb else (0, 0, 0)),
         heads, q_height, q_width, height, width, dilation, HEAD_DIM=head_dim, KERNEL=kernel_size,
-        HAS_RPB=has_rpb,
-        ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32, **cfg)
-    return out, lse, scale_t, cfg
+        HAS_RPB=has_rpb, ACC_DTYPE=_tl_dtype(acc_dtype), **cfg)
+    return out, lse
 
 
-def _backward(d_out, q, k, v, rpb, out, lse, scale_t, kernel_size, dilation, cfg):
+def _backward(d_out, q, k, v, rpb, out, lse, kernel_size, dilation, scale):
     """Launch the backward kernel: ``(dq, dk, dv, d_rpb)`` in the input dtypes (``d_rpb``
     None without ``rpb``)."""
     batch, heads, q_height, q_width, head_dim = q.shape
     height, width = k.shape[2:4]
     acc_dtype = lse.dtype
+    cfg = _block_config(q_height * q_width, head_dim)
     has_rpb = rpb is not None
     dq = torch.empty(q.shape, dtype=acc_dtype, device=q.device)
     dk, dv = (torch.zeros(k.shape, dtype=acc_dtype, device=q.device) for _ in range(2))
     table = 2 * kernel_size - 1
     d_rpb = torch.zeros((heads, table, table), dtype=acc_dtype, device=q.device)
     grid = (batch * heads, triton.cdiv(q_height * q_width, cfg['BLOCK_M']))
-    _na2d_bwd_kernel[grid](
-        q, k, v, rpb if has_rpb else q, out, d_out, lse, scale_t, dq, dk, dv, d_rpb,
-        *_strides(q, k, v, out, d_out), *(rpb.stride() if has_rpb else (0, 0, 0)),
+    launch_triton(
+        _na2d_bwd_kernel, grid, q, k, v, rpb if has_rpb else q, out, d_out, lse, _scale_tensor(scale, acc_dtype, q),
+        dq, dk, dv, d_rpb, *_strides(q, k, v, out, d_out), *(rpb.stride() if has_rpb else (0, 0, 0)),
         heads, q_height, q_width, height, width, dilation, HEAD_DIM=head_dim, KERNEL=kernel_size,
-        HAS_RPB=has_rpb,
-        ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32, **cfg)
+        HAS_RPB=has_rpb, ACC_DTYPE=_tl_dtype(acc_dtype), **cfg)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), d_rpb.to(rpb.dtype) if has_rpb else None
 
 
-class _NA2dTritonFunction(torch.autograd.Function):
-    """Fused NA: forward saves (q, k, v, rpb, out, lse), backward recomputes the probabilities."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, rpb, kernel_size, dilation, scale):
-        out, lse, scale_t, cfg = _forward(q, k, v, rpb, kernel_size, dilation, scale)
-        ctx.save_for_backward(q, k, v, rpb, out, lse, scale_t)
-        ctx.na = (kernel_size, dilation, cfg)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, d_out):
-        q, k, v, rpb, out, lse, scale_t = ctx.saved_tensors
-        kernel_size, dilation, cfg = ctx.na
-        return _backward(d_out, q, k, v, rpb, out, lse, scale_t, kernel_size, dilation, cfg) + (None, ) * 3
+def _scale_tensor(scale, acc_dtype, q):
+    # A tensor, so that the kernel multiplies in the accumulation dtype (float64 for float64).
+    return torch.tensor([scale], dtype=acc_dtype, device=q.device)
 
 
-@torch.library.custom_op('mmsparse::neighborhood_attention_2d_triton_backward', mutates_args=())
-def na2d_triton_backward(d_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                         kernel_size: int, dilation: int, rpb: Optional[torch.Tensor],
-                         scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward of the custom op ``mmsparse::neighborhood_attention_2d`` on the triton backend.
+def _tl_dtype(acc_dtype):
+    return tl.float64 if acc_dtype == torch.float64 else tl.float32
 
-    A custom op of its own, so that AOTAutograd records it as one node instead of tracing
-    kernel launches on fake tensors. It reruns the forward kernel for the log-sum-exp (the
-    forward custom op returns only the output), then the backward kernel.
 
-    Returns:
-        tuple[Tensor, Tensor, Tensor, Tensor]: ``(dq, dk, dv, d_rpb)``; ``d_rpb`` is an
-        empty tensor without ``rpb`` (a custom op cannot return None).
-    """
+@triton_custom_op('mmsparse::neighborhood_attention_2d_triton')
+def _na2d_triton_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int,
+                    rpb: Optional[torch.Tensor], scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``mmsparse::neighborhood_attention_2d_triton``: ``(out, lse)``, the forward kernel's output and
+    the per-query log-sum-exp (B*heads, Hq*Wq) the backward recomputes the probabilities from.
+    The arguments are those of ``mmsparse::neighborhood_attention_2d`` (the FLOP counter reads
+    both the same way)."""
     _validate(q, k, v, rpb)
-    if q.numel() == 0:
-        # Empty output: every gradient is zero (and Triton rejects empty grids).
+    if q.numel() == 0:  # Triton rejects empty grids; nothing to compute
+        acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        return (q.new_empty(q.shape[:4] + v.shape[4:]),
+                q.new_empty((q.shape[0] * q.shape[1], q.shape[2] * q.shape[3]), dtype=acc_dtype))
+    return _forward(q, k, v, rpb, kernel_size, dilation, scale)
+
+
+@triton_custom_op('mmsparse::neighborhood_attention_2d_triton_backward')
+def _na2d_triton_backward_op(d_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             rpb: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor, kernel_size: int,
+                             dilation: int, scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor]:
+    """``(dq, dk, dv, d_rpb)`` from the forward's ``out`` and ``lse``, without rerunning it;
+    ``d_rpb`` is an empty tensor without ``rpb`` (an op cannot return None)."""
+    if q.numel() == 0:  # no query: every gradient is zero
         grads = tuple(None if t is None else torch.zeros_like(t) for t in (q, k, v, rpb))
     else:
-        out, lse, scale_t, cfg = _forward(q, k, v, rpb, kernel_size, dilation, scale)
-        grads = _backward(d_out, q, k, v, rpb, out, lse, scale_t, kernel_size, dilation, cfg)
-    return tuple(q.new_empty(0) if g is None else g.contiguous() for g in grads)
+        grads = _backward(d_out.contiguous(), q, k, v, rpb, out, lse, kernel_size, dilation, scale)
+    return tuple(q.new_empty(0) if g is None else g for g in grads)
 
 
-@na2d_triton_backward.register_fake
-def _na2d_triton_backward_fake(d_out, q, k, v, kernel_size, dilation, rpb, scale):
-    return (torch.empty_like(q, memory_format=torch.contiguous_format),
-            torch.empty_like(k, memory_format=torch.contiguous_format),
-            torch.empty_like(v, memory_format=torch.contiguous_format),
-            q.new_empty(0) if rpb is None else torch.empty_like(rpb, memory_format=torch.contiguous_format))
+def _setup_context(ctx, inputs, output):
+    q, k, v, kernel_size, dilation, rpb, scale = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, rpb, out, lse)
+    ctx.na = (kernel_size, dilation, scale)
+
+
+def _backward_of_op(ctx, d_out, d_lse):
+    q, k, v, rpb, out, lse = ctx.saved_tensors
+    kernel_size, dilation, scale = ctx.na
+    dq, dk, dv, d_rpb = _na2d_triton_backward_op(d_out, q, k, v, rpb, out, lse, kernel_size, dilation, scale)
+    return dq, dk, dv, None, None, d_rpb if rpb is not None else None, None
+
+
+_na2d_triton_op.register_autograd(_backward_of_op, setup_context=_setup_context)
 
 
 def na2d_triton(q, k, v, kernel_size, dilation, rpb, scale):
-    """Neighborhood attention with fused Triton kernels.
+    """Neighborhood attention with fused Triton kernels (the op ``mmsparse::neighborhood_attention_2d_triton``).
 
     Drop-in for :func:`mmsparse.ops.na2d.reference.na2d_reference` (same
     arguments, result and gradients up to float rounding); the arguments are
@@ -329,10 +333,7 @@ def na2d_triton(q, k, v, kernel_size, dilation, rpb, scale):
         Tensor: (B, heads, Hq, Wq, hd) contiguous, differentiable w.r.t. q, k, v and
         rpb (first order).
     """
-    _validate(q, k, v, rpb)
-    if q.numel() == 0:
-        return na2d_reference(q, k, v, kernel_size, dilation, rpb, scale)
-    return _NA2dTritonFunction.apply(q, k, v, rpb, kernel_size, dilation, float(scale))
+    return _na2d_triton_op(q, k, v, kernel_size, dilation, rpb, float(scale))[0]
 
 
-__all__ = ['na2d_triton', 'na2d_triton_backward']
+__all__ = ['na2d_triton']
