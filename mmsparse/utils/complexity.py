@@ -395,6 +395,7 @@ ATTENTION_FLOP_HANDLES = {
     'mmsparse::global_attention': _node_handle(global_attention_flops),
     'mmsparse::cell_average_pool': _node_handle(cell_average_pool_flops),
     'mmsparse::fibottention_attention': _node_handle(fibottention_flops),
+    'mmsparse::fibottention_attention_triton': _node_handle(fibottention_flops),   # the same arguments
 }
 
 

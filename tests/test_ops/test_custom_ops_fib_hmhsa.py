@@ -1,12 +1,17 @@
 """Fibottention and H-MHSA as ``torch.library`` custom ops, and their probe.
 
 * ``torch.library.opcheck`` (schema, fake tensors, autograd registration, AOT dispatch) of
-  ``mmsparse::fibottention_attention`` (both torch algorithms, both modes, both layouts,
-  with and without CLS; the Triton backend under the CPU interpreter without a GPU),
-  ``mmsparse::grid_attention`` (grid sizes that do and do not divide the map) and
-  ``mmsparse::global_attention`` and ``mmsparse::cell_average_pool``, in float64 and float32.
+  ``mmsparse::fibottention_attention`` (the torch backend: both torch algorithms, both
+  modes, both layouts, with and without CLS), of the Triton kernels' ``triton_op`` pair
+  ``mmsparse::fibottention_attention_triton`` and its ``_backward`` (both modes, with and
+  without CLS; under the CPU interpreter without a GPU), ``mmsparse::grid_attention`` (grid
+  sizes that do and do not divide the map) and ``mmsparse::global_attention`` and
+  ``mmsparse::cell_average_pool``, in float64 and float32.
 * Gradients through the custom ops equal the reference's called directly (float64,
-  1e-12) and pass ``gradcheck`` on tiny shapes.
+  1e-12) and pass ``gradcheck`` on tiny shapes. The triton backend: output and gradients
+  equal the torch backend's (float64, 1e-12), also under ``torch.compile(fullgraph=True)``;
+  its backward launches only the backward kernels (the forward's LSE and p0 are saved);
+  an empty batch launches nothing.
 * ``torch.jit.trace`` records one ``mmsparse::`` node with q, k, v as its first inputs;
   under ONNX export (``inline_reference()``) no custom op runs.
 * The probe: every row of the probabilities sums to 1 (all zero for a Fibottention row
@@ -26,6 +31,7 @@ import pytest  # noqa: E402
 
 import mmsparse.ops._dispatch as dispatch  # noqa: E402
 import mmsparse.ops.fibottention as fib_pkg  # noqa: E402
+import mmsparse.ops.fibottention.triton_kernels as fib_kernels  # noqa: E402
 import mmsparse.ops.hmhsa as hmhsa_pkg  # noqa: E402
 from mmsparse.ops import cell_average_pool, fibottention_attention, global_attention, grid_attention  # noqa: E402
 from mmsparse.ops.fibottention import fibottention_mask, fibottention_pattern  # noqa: E402
@@ -34,6 +40,8 @@ from .test_fibottention import _naive, needs_kernels  # noqa: E402
 
 DEVICE = 'cuda' if ON_GPU else 'cpu'
 FIB_OP = torch.ops.mmsparse.fibottention_attention.default
+FIB_TRITON_OP = torch.ops.mmsparse.fibottention_attention_triton.default
+FIB_TRITON_BACKWARD_OP = torch.ops.mmsparse.fibottention_attention_triton_backward.default
 GRID_OP = torch.ops.mmsparse.grid_attention.default
 GLOBAL_OP = torch.ops.mmsparse.global_attention.default
 POOL_OP = torch.ops.mmsparse.cell_average_pool.default
@@ -79,12 +87,17 @@ def _fib_inputs(grid, heads, with_cls, dtype=torch.float64, device='cpu', dim=4,
     return [randn(batch, heads, tokens, dim, seed=s, dtype=dtype, device=device) * 2 for s in range(3)]
 
 
-def _fib_op_args(q, k, v, pattern, mode, with_cls, backend, algorithm):
+def _fib_op_args(q, k, v, pattern, mode, with_cls, algorithm):
     pattern = pattern.to(q.device)
     index, valid = pattern.neighbours()
     mask = pattern.dense_mask(mode, with_cls, q.dtype) if algorithm == 'dense' else None
     return (q, k, v, pattern.displacements, pattern.counts, index, valid, mask, list(pattern.grid), 0.5,
-            mode, with_cls, backend)
+            mode, with_cls)
+
+
+def _fib_triton_op_args(q, k, v, pattern, mode, with_cls):
+    pattern = pattern.to(q.device)
+    return (q, k, v, pattern.displacements, pattern.counts, list(pattern.grid), 0.5, mode, with_cls)
 
 
 # opcheck takes ~5 s a call: every case and mode once; each algorithm meets each mode,
@@ -101,17 +114,23 @@ def test_fibottention_opcheck(algo, case, mode, dtype):
     grid, heads, layout, with_cls = case
     pattern = fibottention_pattern(grid, heads, 1, layout=layout)
     q, k, v = _leaves(*_fib_inputs(grid, heads, with_cls, dtype))
-    torch.library.opcheck(FIB_OP, _fib_op_args(q, k, v, pattern, mode, with_cls, 'torch', algo),
-                          test_utils=OPCHECK_FAST)
+    torch.library.opcheck(FIB_OP, _fib_op_args(q, k, v, pattern, mode, with_cls, algo), test_utils=OPCHECK_FAST)
 
 
 @needs_kernels
 @pytest.mark.parametrize('mode', ['sparse', 'official'])
-def test_fibottention_opcheck_triton(mode):
-    pattern = fibottention_pattern((3, 4), 2, 0)
-    q, k, v = _leaves(*_fib_inputs((3, 4), 2, True, device=DEVICE))
-    # The AOT test traces the forward and backward with fake tensors; both are opaque ops.
-    torch.library.opcheck(FIB_OP, _fib_op_args(q, k, v, pattern, mode, True, 'triton', None),
+@pytest.mark.parametrize('case', [FIB_CASES[0], FIB_CASES[3]], ids=str)   # 1-D with CLS, 2-D without
+def test_fibottention_opcheck_triton(case, mode):
+    """Both triton ops: the forward (its autograd registration too) and the backward, on its outputs."""
+    grid, heads, layout, with_cls = case
+    pattern = fibottention_pattern(grid, heads, 0, layout=layout)
+    q, k, v = _leaves(*_fib_inputs(grid, heads, with_cls, device=DEVICE))
+    args = _fib_triton_op_args(q, k, v, pattern, mode, with_cls)
+    torch.library.opcheck(FIB_TRITON_OP, args, test_utils=OPCHECK_FAST)
+    detached = [a.detach() if torch.is_tensor(a) else a for a in args]
+    out, lse, p0 = FIB_TRITON_OP(*detached)
+    grad = randn(*out.shape, seed=4, device=DEVICE)
+    torch.library.opcheck(FIB_TRITON_BACKWARD_OP, (grad, *detached[:3], out, lse, p0, *detached[3:]),
                           test_utils=OPCHECK_FAST)
 
 
@@ -154,6 +173,55 @@ def test_fibottention_triton_gradients_through_op(mode):
         results.append([out.detach(), *_grads(out, grad, leaves)])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, **TOL)
+
+
+@needs_kernels
+def test_fibottention_triton_compiled_equals_eager():
+    """``torch.compile(fullgraph=True)`` of the triton backend: the output and gradients of eager."""
+    pattern = fibottention_pattern((3, 4), 2, 1)
+    inputs = [t.to(DEVICE) for t in _fib_inputs((3, 4), 2, True)]
+    grad = randn(*inputs[0].shape, seed=6, device=DEVICE)
+
+    def fn(q, k, v):
+        return fibottention_attention(q, k, v, pattern, scale=0.5, mode='official', backend='triton') * 2
+
+    results = []
+    for call in (fn, torch.compile(fn, fullgraph=True)):
+        leaves = _leaves(*inputs)
+        out = call(*leaves)
+        results.append([out.detach(), *_grads(out, grad, leaves)])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, **TOL)
+
+
+@needs_kernels
+@pytest.mark.parametrize('with_cls', [True, False])
+def test_fibottention_triton_backward_runs_no_forward_kernel(monkeypatch, with_cls):
+    """The forward saves its LSE and p0: the backward launches the backward kernels only."""
+    launched = []
+    launch = fib_kernels.launch_triton
+    monkeypatch.setattr(fib_kernels, 'launch_triton',
+                        lambda kernel, *a, **kw: launched.append(kernel.__name__) or launch(kernel, *a, **kw))
+    pattern = fibottention_pattern((3, 4), 2, 0)
+    leaves = _leaves(*(t.to(DEVICE) for t in _fib_inputs((3, 4), 2, with_cls)))
+    out = fibottention_attention(*leaves, pattern, mode='official', with_cls=with_cls, backend='triton')
+    forward = ['_fwd_patch', '_fwd_cls'][:1 + with_cls]
+    assert launched == forward
+    out.backward(randn(*out.shape, seed=3, device=DEVICE))
+    assert launched[len(forward):] == ['_bwd_dq_patch', '_bwd_dkdv_patch', '_bwd_dq_cls'][:2 + with_cls]
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in leaves)
+
+
+@needs_kernels
+@pytest.mark.parametrize('mode', ['sparse', 'official'])
+def test_fibottention_triton_empty_batch(mode):
+    """B = 0 launches nothing (Triton rejects empty grids): the reference's empty output, zero gradients."""
+    pattern = fibottention_pattern((3, 4), 2, 0)
+    leaves = _leaves(*(torch.zeros(0, 2, 13, 4, dtype=torch.float64, device=DEVICE) for _ in range(3)))
+    out = fibottention_attention(*leaves, pattern, mode=mode, backend='triton')
+    torch.testing.assert_close(out, fibottention_attention(*leaves, pattern, mode=mode, backend='torch'), **TOL)
+    out.sum().backward()
+    assert all(t.grad.shape == t.shape for t in leaves)
 
 
 def test_pattern_compiled_once(monkeypatch, algorithm):
@@ -285,7 +353,7 @@ def test_opcheck_dynamic_shapes(op):
     if op == 'fibottention':
         pattern = fibottention_pattern((3, 4), 2, 1)
         q, k, v = _leaves(*_fib_inputs((3, 4), 2, True))
-        torch.library.opcheck(FIB_OP, _fib_op_args(q, k, v, pattern, 'official', True, 'torch', 'sparse'))
+        torch.library.opcheck(FIB_OP, _fib_op_args(q, k, v, pattern, 'official', True, 'sparse'))
         return
     q, k, v = _leaves(*(randn(1, 4, 5, 7, seed=s) for s in range(3)))   # 3 x 3 windows pad both sides
     if op == 'grid':

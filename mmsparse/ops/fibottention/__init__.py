@@ -26,10 +26,17 @@ table drives the reference and the Triton kernels, and serves both layouts:
 computed: it builds the dense mask in the graph from the grid size
 (:func:`fibottention_mask_traced`, equal to the pattern's mask, see :mod:`.traced_pattern`).
 
-:func:`fibottention_attention` runs as the ``torch.library`` custom op
-``mmsparse::fibottention_attention(q, k, v, displacements, counts, index, valid,
-dense_mask, grid, scale, mode, with_cls, backend)`` (see :func:`_fib_op`), inline under ONNX
-export; it reports its calls to :mod:`mmsparse.ops.probe` and registers its probabilities
+:func:`fibottention_attention` runs as one ``torch.library`` op, one node for
+``torch.compile``, ``torch.jit.trace`` and the FLOP counter:
+
+* the torch backend: the custom op ``mmsparse::fibottention_attention(q, k, v,
+  displacements, counts, index, valid, dense_mask, grid, scale, mode, with_cls)`` (see
+  :func:`_fib_op`), or its implementation inline for an eager call and under ONNX export
+  (:func:`mmsparse.ops._dispatch.runs_inline`);
+* the triton backend: the ``triton_op`` ``mmsparse::fibottention_attention_triton(q, k, v,
+  displacements, counts, grid, scale, mode, with_cls)`` (:mod:`.triton_kernels`).
+
+It reports its calls to :mod:`mmsparse.ops.probe` and registers its probabilities
 (:func:`fibottention_probabilities`).
 """
 import math
@@ -41,8 +48,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_attention_tensors, check_scale
-from .._dispatch import (check_triton_device, inline_reference, recompute_gradients, resolve_backend,
-                         runs_inline, torch_algorithm)
+from .._dispatch import inline_reference, recompute_gradients, resolve_backend, runs_inline, torch_algorithm
 from ..probe import record_call, register_probabilities
 from . import traced_pattern
 from .reference import (fibottention_dense, fibottention_gather, fibottention_probabilities_reference,
@@ -359,11 +365,12 @@ def fibottention_attention_traced(q, k, v, grid_size, layer_id=0, layout='1d', s
 def fibottention_attention(q, k, v, pattern, scale=None, mode='sparse', with_cls=True, backend=None):
     """Fibottention: per-head sparse attention over the pattern's kept keys.
 
-    Runs as the custom op ``mmsparse::fibottention_attention`` (see :func:`_fib_op` for
-    its schema), or inline under ONNX export (the torch algorithm). The torch backend
-    has two exact algorithms, chosen by
-    :func:`mmsparse.ops._dispatch.torch_algorithm` on ``T``: the dense masked
-    computation for short sequences, the gather of the kept keys from there on.
+    Runs as the custom op ``mmsparse::fibottention_attention`` (torch backend, see
+    :func:`_fib_op` for its schema; inline for an eager call and under ONNX export) or the
+    ``triton_op`` ``mmsparse::fibottention_attention_triton`` (triton backend, see
+    :func:`.triton_kernels.fibottention_triton`). The torch backend has two exact
+    algorithms, chosen by :func:`mmsparse.ops._dispatch.torch_algorithm` on ``T``: the
+    dense masked computation for short sequences, the gather of the kept keys from there on.
 
     Args:
         q, k, v (Tensor): (B, heads, T, D) float with ``T = N + with_cls`` tokens
@@ -389,26 +396,20 @@ def fibottention_attention(q, k, v, pattern, scale=None, mode='sparse', with_cls
     resolved = resolve_backend(backend, q, k, v)
     if inline_reference():
         resolved = 'torch'
-    if resolved == 'triton':   # before the custom op, whose meta tensors would reach the fake
-        for name, t in (('q', q), ('k', k), ('v', v)):
-            check_triton_device(name, t)
+    if resolved == 'triton':
+        from . import triton_kernels
+        return triton_kernels.fibottention_triton(q, k, v, pattern, scale, mode, with_cls)
     pattern = pattern.to(q.device)
     index, valid = pattern.neighbours()
-    mask = None
-    if resolved == 'torch' and torch_algorithm(OP, q.shape[2]) == 'dense':
-        mask = pattern.dense_mask(mode, with_cls, q.dtype)
-    args = (q, k, v, pattern.displacements, pattern.counts, index, valid, mask, list(pattern.grid), scale,
-            mode, bool(with_cls), resolved)
-    return _implementation(*args) if runs_inline(resolved == 'torch', q, k, v) else _fib_op(*args)
+    mask = pattern.dense_mask(mode, with_cls, q.dtype) if torch_algorithm(OP, q.shape[2]) == 'dense' else None
+    if runs_inline(True, q, k, v):
+        return _implementation(q, k, v, index, valid, mask, scale, mode, with_cls)
+    return _fib_op(q, k, v, pattern.displacements, pattern.counts, index, valid, mask, list(pattern.grid), scale,
+                   mode, bool(with_cls))
 
 
-def _implementation(q, k, v, displacements, counts, index, valid, dense_mask, grid, scale, mode, with_cls,
-                    backend):
-    """The op for a resolved backend; module-level names, so tests can spy on them."""
-    if backend == 'triton':
-        from . import triton_kernels
-        return triton_kernels.fibottention_triton(q, k, v, FibPattern(displacements, counts, grid), scale, mode,
-                                                  with_cls)
+def _implementation(q, k, v, index, valid, dense_mask, scale, mode, with_cls):
+    """The torch backend: the dense algorithm when given its mask, else the gather one."""
     if dense_mask is not None:
         return fibottention_dense(q, k, v, dense_mask, valid, scale, mode, with_cls)
     return fibottention_gather(q, k, v, index, valid, scale, mode, with_cls)
@@ -417,63 +418,42 @@ def _implementation(q, k, v, displacements, counts, index, valid, dense_mask, gr
 @torch.library.custom_op(f'mmsparse::{OP}', mutates_args=())
 def _fib_op(q: Tensor, k: Tensor, v: Tensor, displacements: Tensor, counts: Tensor, index: Tensor,
             valid: Tensor, dense_mask: Optional[Tensor], grid: List[int], scale: float, mode: str,
-            with_cls: bool, backend: str) -> Tensor:
-    """``mmsparse::fibottention_attention``: q, k, v first, then the compiled pattern.
+            with_cls: bool) -> Tensor:
+    """``mmsparse::fibottention_attention``, the torch backend: q, k, v first, then the compiled pattern.
 
     Args:
         q, k, v (Tensor): (B, heads, T, D).
-        displacements, counts (Tensor): the :class:`FibPattern` table.
+        displacements, counts (Tensor): the :class:`FibPattern` table (read by the FLOP
+            counter).
         index, valid (Tensor): (heads, N, K) its :meth:`FibPattern.neighbours`; ``valid``
             holds the kept (query, key) patch pairs (their number is ``valid.sum()``).
         dense_mask (Tensor, optional): (heads, T, T) :meth:`FibPattern.dense_mask` when
-            the torch backend runs the dense algorithm, else None.
+            the dense algorithm runs, else None (the gather algorithm).
         grid (list[int]): the pattern grid.
         scale (float): resolved logit scale.
         mode (str), with_cls (bool): as :func:`fibottention_attention`.
-        backend (str): resolved, ``'torch'`` or ``'triton'``.
     """
     # Contiguous, as the fake implementation promises.
-    return _implementation(q, k, v, displacements, counts, index, valid, dense_mask, grid, scale, mode, with_cls,
-                           backend).contiguous()
+    return _implementation(q, k, v, index, valid, dense_mask, scale, mode, with_cls).contiguous()
 
 
 @_fib_op.register_fake
-def _fib_fake(q, k, v, displacements, counts, index, valid, dense_mask, grid, scale, mode, with_cls, backend):
+def _fib_fake(q, k, v, displacements, counts, index, valid, dense_mask, grid, scale, mode, with_cls):
     return v.new_empty(q.shape)
 
 
-@torch.library.custom_op(f'mmsparse::{OP}_backward', mutates_args=())
-def _fib_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, displacements: Tensor, counts: Tensor,
-                     grid: List[int], scale: float, mode: str, with_cls: bool) -> List[Tensor]:
-    """Gradients of q, k, v on the Triton backend: the forward kernels rerun, then the backward kernels.
-
-    An op of its own, because AOTAutograd traces the backward with fake tensors, which
-    Triton launches cannot take.
-    """
-    from . import triton_kernels
-    return list(triton_kernels.fibottention_triton_backward(grad, q, k, v, FibPattern(displacements, counts, grid),
-                                                            scale, mode, with_cls))
-
-
-@_fib_backward_op.register_fake
-def _fib_backward_fake(grad, q, k, v, displacements, counts, grid, scale, mode, with_cls):
-    return [q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)]
-
-
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:8])   # q, k, v and the pattern tensors (dense_mask may be None)
-    ctx.rest = inputs[8:]
+    q, k, v, displacements, counts, index, valid, dense_mask, grid, scale, mode, with_cls = inputs
+    ctx.save_for_backward(q, k, v, index, valid, dense_mask)   # dense_mask may be None
+    ctx.fib = (scale, mode, with_cls)
 
 
 def _backward(ctx, grad):
-    q, k, v, *tensors = ctx.saved_tensors
-    rest = (*tensors, *ctx.rest)
-    displacements, counts, _, _, _, grid, scale, mode, with_cls, backend = rest
-    if backend == 'triton':
-        grads = _fib_backward_op(grad, q, k, v, displacements, counts, grid, scale, mode, with_cls)
-    else:   # plain aten ops: recompute and differentiate, traceable by AOTAutograd
-        grads = recompute_gradients(lambda q, k, v: _implementation(q, k, v, *rest), (q, k, v), grad)
-    return (*grads, *(None for _ in rest))
+    q, k, v, index, valid, dense_mask = ctx.saved_tensors
+    # Plain aten ops: recompute and differentiate, traceable by AOTAutograd.
+    grads = recompute_gradients(lambda q, k, v: _implementation(q, k, v, index, valid, dense_mask, *ctx.fib),
+                                (q, k, v), grad)
+    return (*grads, *(None, ) * 9)   # none for the pattern tensors, grid, scale, mode and with_cls
 
 
 _fib_op.register_autograd(_backward, setup_context=_setup_context)

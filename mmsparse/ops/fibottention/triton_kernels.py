@@ -8,8 +8,12 @@ table, no mask is built), every patch key visits the CLS query and the
 queries that keep it, and only the CLS row and column are dense. The forward
 kernels also write the per-row log-sum-exp (LSE) and the weight of one masked
 entry (``p0``, official mode); the backward kernels recompute the probabilities
-from them. The custom op keeps only q, k, v for backward, so
-:func:`fibottention_triton_backward` reruns the forward kernels first.
+from them.
+
+Both run as ``torch.library.triton_op`` custom ops (see :mod:`mmsparse.ops._triton_op`):
+``mmsparse::fibottention_attention_triton`` returns the output with the LSE and p0, which
+its registered autograd saves, and its backward calls
+``mmsparse::fibottention_attention_triton_backward``, which runs only the backward kernels.
 
 Official (zero-logit) mode uses the V-sum rewrite: with ``V = sum_j v_j`` per
 (batch, head), ``O_i = (sum_kept e_ij v_j + e0_i (V - sum_kept v_j)) / Z_i`` and
@@ -31,12 +35,15 @@ Kernels (``T = N + HAS_CLS`` tokens, layout (B, heads, T, D))
 Dtypes: float16/bfloat16/float32 accumulate in float32, float64 in float64.
 The atomic order on the CLS key makes its dK/dV non-deterministic in the last bits.
 """
+from typing import List, Tuple
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from .._dispatch import check_triton_device, interpreting
-from .reference import fibottention_reference
+from .._triton_op import launch_triton, triton_custom_op
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -326,23 +333,39 @@ def _launch_config(n_patch, d, dtype):
     return dict(BLOCK=block, BLOCK_D=block_d, ACC=tl.float64 if dtype == torch.float64 else tl.float32)
 
 
-def _validate(q, k, v, pattern):
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _scale_tensor(scale, acc_dtype, q):
+    # A tensor, so that the kernels multiply in the accumulation dtype (float64 for float64).
+    return torch.tensor([scale], dtype=acc_dtype, device=q.device)
+
+
+def _validate(q, k, v, displacements, counts):
     for name, t in (('q', q), ('k', k), ('v', v)):
         check_triton_device(name, t)
         if t.dtype not in _SUPPORTED_DTYPES or t.dtype != q.dtype:
             raise TypeError(f'{name}.dtype={t.dtype} is not supported by the triton Fibottention '
                             f'kernels; q, k, v must share one of {_SUPPORTED_DTYPES}')
+    for name, t in (('k', k), ('v', v), ('displacements', displacements), ('counts', counts)):
         if t.device != q.device:
             raise ValueError(f'{name}.device={t.device} must equal q.device={q.device}')
 
 
+def _unit_stride(*tensors):
+    """The kernels index the head dim with stride 1: copy only the tensors that lack it."""
+    return tuple(t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous() for t in tensors)
+
+
 def _forward(q, k, v, displacements, counts, grid, scale, official, with_cls):
-    """Forward kernels: O, and the per-row LSE and p0 the backward kernels recompute P from."""
+    """Forward kernels: ``(o, lse, p0)``, the output and the per-row LSE and p0 the backward
+    kernels recompute the probabilities from."""
     bsz, heads, n_tokens, d = q.shape
     n_patch = n_tokens - int(with_cls)
     cfg = _launch_config(n_patch, d, q.dtype)
-    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    scale_t = torch.tensor([scale], dtype=acc_dtype, device=q.device)
+    acc_dtype = _acc_dtype(q.dtype)
+    scale_t = _scale_tensor(scale, acc_dtype, q)
     o = torch.empty(q.shape, dtype=v.dtype, device=q.device)
     lse = torch.empty((bsz, heads, n_tokens), dtype=acc_dtype, device=q.device)
     p0 = torch.empty_like(lse)
@@ -350,20 +373,22 @@ def _forward(q, k, v, displacements, counts, grid, scale, official, with_cls):
     geo = (heads, n_tokens, n_patch, grid[0], grid[1], displacements.shape[1])
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
     if n_patch:
-        _fwd_patch[(bsz * heads, triton.cdiv(n_patch, cfg['BLOCK']))](
-            q, k, v, vsum, o, lse, p0, displacements, counts, scale_t, *strides, *geo,
-            HAS_CLS=int(with_cls), OFFICIAL=official, D=d, **cfg)
+        launch_triton(_fwd_patch, (bsz * heads, triton.cdiv(n_patch, cfg['BLOCK'])),
+                      q, k, v, vsum, o, lse, p0, displacements, counts, scale_t, *strides, *geo,
+                      HAS_CLS=int(with_cls), OFFICIAL=official, D=d, **cfg)
     if with_cls:
-        _fwd_cls[(bsz * heads, )](
-            q, k, v, o, lse, p0, scale_t, *q.stride()[:2], *k.stride()[:3], *v.stride()[:3],
-            heads, n_tokens, D=d, **cfg)
-    return o, lse, p0, scale_t, cfg
+        launch_triton(_fwd_cls, (bsz * heads, ),
+                      q, k, v, o, lse, p0, scale_t, *q.stride()[:2], *k.stride()[:3], *v.stride()[:3],
+                      heads, n_tokens, D=d, **cfg)
+    return o, lse, p0
 
 
-def _backward(do, q, k, v, o, lse, p0, scale_t, cfg, displacements, counts, grid, official, with_cls):
+def _backward(do, q, k, v, o, lse, p0, displacements, counts, grid, scale, official, with_cls):
     """Backward kernels: dq, dk, dv from the forward's O, LSE and p0."""
     bsz, heads, n_tokens, d = q.shape
     n_patch = n_tokens - int(with_cls)
+    cfg = _launch_config(n_patch, d, q.dtype)
+    scale_t = _scale_tensor(scale, lse.dtype, q)
     if do.stride(-1) != 1 or do.dtype != o.dtype:
         do = do.contiguous().to(o.dtype)
     delta = (do.to(lse.dtype) * o.to(lse.dtype)).sum(-1)   # rowsum(dO * O), full O
@@ -374,70 +399,112 @@ def _backward(do, q, k, v, o, lse, p0, scale_t, cfg, displacements, counts, grid
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     if n_patch:
         blocks = (bsz * heads, triton.cdiv(n_patch, cfg['BLOCK']))
-        _bwd_dq_patch[blocks](q, k, v, do, dq, dk, dv, lse, delta, p0, displacements, counts,
-                              scale_t, *strides, *geo, HAS_CLS=int(with_cls), D=d, **cfg)
-        _bwd_dkdv_patch[blocks](q, k, v, do, dk, dv, lse, delta, p0, displacements, counts,
-                                scale_t, *strides, *geo, HAS_CLS=int(with_cls), D=d, **cfg)
+        launch_triton(_bwd_dq_patch, blocks, q, k, v, do, dq, dk, dv, lse, delta, p0, displacements, counts,
+                      scale_t, *strides, *geo, HAS_CLS=int(with_cls), D=d, **cfg)
+        launch_triton(_bwd_dkdv_patch, blocks, q, k, v, do, dk, dv, lse, delta, p0, displacements, counts,
+                      scale_t, *strides, *geo, HAS_CLS=int(with_cls), D=d, **cfg)
     if with_cls:
-        _bwd_dq_cls[(bsz * heads, )](
-            q, k, v, do, dq, dk, dv, lse, delta, scale_t, *q.stride()[:2], *k.stride()[:3],
-            *v.stride()[:3], *do.stride()[:2], heads, n_tokens, D=d, **cfg)
+        launch_triton(_bwd_dq_cls, (bsz * heads, ),
+                      q, k, v, do, dq, dk, dv, lse, delta, scale_t, *q.stride()[:2], *k.stride()[:3],
+                      *v.stride()[:3], *do.stride()[:2], heads, n_tokens, D=d, **cfg)
     if official:   # every v_j also feeds the uniform part of every row: G0
         dv += torch.einsum('bht,bhtd->bhd', p0, do.to(lse.dtype))[:, :, None]
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
-def _prepare(q, k, v, pattern):
-    """Checks, unit stride on the head dim (copying only the inputs that lack it), the table on q's device."""
-    _validate(q, k, v, pattern)
-    q, k, v = (t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous() for t in (q, k, v))
-    pattern = pattern.to(q.device)
-    return q, k, v, (pattern.displacements.contiguous(), pattern.counts.contiguous(), pattern.grid)
+@triton_custom_op('mmsparse::fibottention_attention_triton')
+def _fib_triton_op(q: Tensor, k: Tensor, v: Tensor, displacements: Tensor, counts: Tensor, grid: List[int],
+                   scale: float, mode: str, with_cls: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """``mmsparse::fibottention_attention_triton``: the forward kernels.
 
-
-def fibottention_triton(q, k, v, pattern, scale, mode='sparse', with_cls=True):
-    """Fibottention forward with fused Triton kernels; drop-in for the reference's forward.
-
-    Not differentiable itself: the custom op ``mmsparse::fibottention_attention``
-    provides autograd, through :func:`fibottention_triton_backward`.
+    The arguments are those of ``mmsparse::fibottention_attention`` less the torch
+    algorithms' index and masks (the FLOP counter reads both the same way).
 
     Args:
-        q, k, v (Tensor): (B, heads, T, D) float16/bfloat16/float32/float64, any
-            strides (a permuted fused qkv costs no copy; a tensor without unit stride
-            on D is made contiguous first).
-        pattern (FibPattern): kept displacements; moved to ``q.device``.
+        q, k, v (Tensor): (B, heads, T, D), as :func:`fibottention_triton`.
+        displacements, counts (Tensor): the :class:`~mmsparse.ops.fibottention.FibPattern`
+            table, on ``q.device``.
+        grid (list[int]): the pattern grid ``(gh, gw)``.
         scale (float): logit scale.
         mode (str): ``'sparse'`` or ``'official'``.
         with_cls (bool): token 0 is CLS.
 
     Returns:
-        Tensor: (B, heads, T, D) contiguous, dtype of ``v``.
+        tuple[Tensor, Tensor, Tensor]: ``(out, lse, p0)``: the (B, heads, T, D) output,
+        and the (B, heads, T) per-row log-sum-exp and weight of one masked entry (0 in
+        sparse mode) the backward kernels recompute the probabilities from.
     """
-    q, k, v, table = _prepare(q, k, v, pattern)
-    if q.numel() == 0:
-        return fibottention_reference(q, k, v, pattern, scale, mode, with_cls)
-    return _forward(q, k, v, *table, float(scale), mode == 'official', with_cls)[0]
+    _validate(q, k, v, displacements, counts)
+    acc_dtype = _acc_dtype(q.dtype)
+    if q.numel() == 0:   # Triton rejects empty grids; the output is empty
+        stats = q.new_zeros(q.shape[:3], dtype=acc_dtype)
+        return v.new_empty(q.shape), stats, stats.clone()
+    q, k, v = _unit_stride(q, k, v)
+    return _forward(q, k, v, displacements.contiguous(), counts.contiguous(), grid, scale, mode == 'official',
+                    with_cls)
 
 
-def fibottention_triton_backward(grad, q, k, v, pattern, scale, mode='sparse', with_cls=True):
-    """dq, dk, dv of :func:`fibottention_triton` for the output gradient ``grad``.
-
-    The forward kernels rerun for the per-row LSE and p0, then the backward kernels:
-    work proportional to the kept entries, no autograd graph.
+@triton_custom_op('mmsparse::fibottention_attention_triton_backward')
+def _fib_triton_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, p0: Tensor,
+                            displacements: Tensor, counts: Tensor, grid: List[int], scale: float, mode: str,
+                            with_cls: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """``mmsparse::fibottention_attention_triton_backward``: the backward kernels, from the
+    forward's outputs (its kernels do not rerun).
 
     Args:
-        grad (Tensor): (B, heads, T, D) gradient of the output.
-        q, k, v, pattern, scale, mode, with_cls: as :func:`fibottention_triton`.
+        grad (Tensor): (B, heads, T, D) gradient of ``out``.
+        q, k, v (Tensor): the forward's inputs.
+        out, lse, p0 (Tensor): the outputs of ``mmsparse::fibottention_attention_triton``.
+        displacements, counts, grid, scale, mode, with_cls: the forward's arguments.
 
     Returns:
-        tuple[Tensor, Tensor, Tensor]: gradients of q, k, v, in their dtypes.
+        tuple[Tensor, Tensor, Tensor]: ``(dq, dk, dv)`` in the dtypes of q, k, v.
     """
-    q, k, v, table = _prepare(q, k, v, pattern)
-    if q.numel() == 0:
+    if q.numel() == 0:   # no entry: every gradient is zero (and Triton rejects empty grids)
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    official = mode == 'official'
-    o, lse, p0, scale_t, cfg = _forward(q, k, v, *table, float(scale), official, with_cls)
-    return _backward(grad, q, k, v, o, lse, p0, scale_t, cfg, *table, official, with_cls)
+    q, k, v = _unit_stride(q, k, v)
+    return _backward(grad, q, k, v, out, lse, p0, displacements.contiguous(), counts.contiguous(), grid, scale,
+                     mode == 'official', with_cls)
 
 
-__all__ = ['fibottention_triton', 'fibottention_triton_backward']
+def _setup_context(ctx, inputs, output):
+    q, k, v, displacements, counts, grid, scale, mode, with_cls = inputs
+    out, lse, p0 = output
+    ctx.mark_non_differentiable(lse, p0)
+    ctx.save_for_backward(q, k, v, out, lse, p0, displacements, counts)
+    ctx.fib = (grid, scale, mode, with_cls)
+
+
+def _backward_of_op(ctx, grad, grad_lse, grad_p0):
+    dq, dk, dv = _fib_triton_backward_op(grad, *ctx.saved_tensors, *ctx.fib)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_fib_triton_op.register_autograd(_backward_of_op, setup_context=_setup_context)
+
+
+def fibottention_triton(q, k, v, pattern, scale, mode='sparse', with_cls=True):
+    """Fibottention with fused Triton kernels (the op ``mmsparse::fibottention_attention_triton``).
+
+    Drop-in for :func:`~mmsparse.ops.fibottention.reference.fibottention_reference`
+    (same result and gradients up to float rounding).
+
+    Args:
+        q, k, v (Tensor): (B, heads, T, D) float16/bfloat16/float32/float64, any
+            strides (a permuted fused qkv costs no copy; a tensor without unit stride
+            on D is copied first).
+        pattern (FibPattern): kept displacements; moved to ``q.device``.
+        scale (float): logit scale.
+        mode (str): ``'sparse'`` or ``'official'``. Defaults to ``'sparse'``.
+        with_cls (bool): token 0 is CLS. Defaults to True.
+
+    Returns:
+        Tensor: (B, heads, T, D) contiguous, dtype of ``v``, differentiable w.r.t. q, k,
+        v (first order).
+    """
+    pattern = pattern.to(q.device)
+    return _fib_triton_op(q, k, v, pattern.displacements, pattern.counts, list(pattern.grid), float(scale), mode,
+                          bool(with_cls))[0]
+
+
+__all__ = ['fibottention_triton']
