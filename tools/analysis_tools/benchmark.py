@@ -85,7 +85,9 @@ resets the high-water mark (``/proc/self/clear_refs``; where that is refused the
 baseline is ``ru_maxrss`` so far and the part above it a lower bound), runs two
 steps and reports ``VmHWM`` and the part above the baseline (inputs, parameters,
 the interpreter and torch). RSS counts pages the allocator has touched, so it
-includes allocator slack that ``max_memory_allocated`` would not.
+includes allocator slack that ``max_memory_allocated`` would not; the process runs
+with glibc's mmap threshold fixed at 64 KiB (``MEMORY_CHILD_ENV``), so that freed
+tensors of that size or more leave the RSS and the figure follows the live memory.
 ``run(args)`` returns the table rows as dicts.
 
 The op sub-commands import only torch, triton (lazily, through the ops) and
@@ -827,6 +829,15 @@ def _reset_peak_rss():
         return _max_rss_kib()
 
 
+# glibc serves a block above its mmap threshold with mmap and unmaps it on free, but raises
+# the threshold to the size of each such block freed, after which blocks of that size come
+# from the heap and stay resident when freed: the high-water RSS then depends on the order
+# of allocations (one backend read 1.11x another, 6 MiB, with less live memory). A fixed
+# threshold (setting it turns the adjustment off) returns every block of 64 KiB or more to
+# the OS when freed, so the RSS follows the live tensors.
+MEMORY_CHILD_ENV = {'MALLOC_MMAP_THRESHOLD_': str(64 * 1024)}
+
+
 def cpu_memory_child(args):
     """The fresh process of one CPU memory row: print ``{"peak": MiB, "extra": MiB}`` as JSON.
 
@@ -853,7 +864,7 @@ def cpu_memory_child(args):
 def measure_cpu_memory(args, index, backend, pass_name):
     """Peak RSS (MiB) and the part above the setup (MiB) of one CPU row, in a fresh process."""
     cmd = [sys.executable, osp.abspath(__file__), *args.argv, '--memory-child', str(index), backend, pass_name]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **MEMORY_CHILD_ENV})
     if result.returncode:
         raise RuntimeError(f'the memory process of {args.op} case {index} {backend} {pass_name} failed:\n'
                            f'{result.stderr[-3000:]}')
