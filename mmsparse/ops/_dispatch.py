@@ -42,6 +42,13 @@ def resolve_backend(backend, *tensors, needs_triton=True):
 # pairs, masked to the op's support) below ``DENSE_BELOW_TOKENS[op]`` key tokens, and the
 # gather algorithm, whose work grows with the kept entries only, from there on.
 DENSE_BELOW_TOKENS = {
+    # NA, eager calls: dense, or the tiled dense algorithm (na2d_tiled: masked SDPA per tile of
+    # 8x8 queries over the keys their windows cover), which wins from here on at any size.
+    # k=7, 2 heads of 32, float32, 2 threads, B=1: tiled/dense time forward / forward+backward
+    # 1.58 / 1.62 at 20x20 without rpb, 1.27 / 1.29 at 22x22 without rpb (0.92 / 0.82 with),
+    # 0.91 / 0.97 at 24x24 without rpb (0.67 / 0.63 with). Other k scale the tokens (na2d_torch).
+    'neighborhood_attention_2d_tiled': 576,
+    # NA, traced calls (compile, export, fake tensors), which cannot build the tiled layout:
     # k=7, 2 heads of 32, float32, 2 threads: gather/dense time 1.05 (forward) and 2.85
     # (forward + backward) at 32x32, 0.77 and 1.47 at 40x40, 0.35 and 0.73 at 48x48.
     'neighborhood_attention_2d': 1600,

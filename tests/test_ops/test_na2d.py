@@ -1,9 +1,10 @@
 """2-D neighborhood attention: the reference vs the official NATTEN 0.14.4 fixture, the
 Triton kernels vs the reference, the window rules, and dispatch.
 
-The torch backend has two exact algorithms (the gather of the reference, and masked SDPA
-over all pairs below ``DENSE_BELOW_TOKENS``); the fixture test runs both, and
-``test_dense_matches_gather`` compares them on random inputs.
+The torch backend has three exact algorithms (the gather of the reference, masked SDPA
+over all pairs, and masked SDPA over tiles of queries and the keys their windows cover);
+the fixture test runs each and the public op, and ``test_dense_matches_gather`` and
+``test_tiled_matches_gather`` compare them on random inputs.
 
 Without a GPU the Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``
 is set before triton is first imported; see ``tests/test_ops/test_bra.py``), so the
@@ -33,6 +34,7 @@ import mmsparse.ops.na2d as na2d_pkg  # noqa: E402
 from mmsparse.ops import neighborhood_attention_2d  # noqa: E402
 from mmsparse.ops._dispatch import ENV_VAR, triton_available  # noqa: E402
 import mmsparse.ops.na2d.reference as reference_module  # noqa: E402
+from mmsparse.ops.na2d.reference import na2d_tiled  # noqa: E402
 from mmsparse.ops.na2d import na2d_dense, na2d_logits_reference, na2d_reference, neighborhood_indices  # noqa: E402
 from ..conftest import REPO_ROOT  # noqa: E402
 from .test_bra import needs_kernels, needs_triton  # noqa: E402
@@ -87,23 +89,24 @@ def _fixture_case(fixture, case):
     return get, (get('q'), get('k'), get('v'), get('rpb')), get('dilation')
 
 
-@pytest.fixture(params=['dense', 'sparse'])
-def torch_algorithm(request, monkeypatch):
-    """Force the torch backend's algorithm: masked SDPA over all pairs, or the gather."""
-    from mmsparse.ops import _dispatch
-    monkeypatch.setitem(_dispatch.DENSE_BELOW_TOKENS, 'neighborhood_attention_2d',
-                        10**9 if request.param == 'dense' else 0)
-    return request.param
+# The public op (whichever algorithm it picks) and each torch algorithm.
+TORCH_ALGORITHMS = {
+    'op': lambda q, k, v, ks, dilation, rpb, scale: neighborhood_attention_2d(q, k, v, ks, dilation, rpb, scale),
+    'dense': na2d_dense,
+    'tiled': na2d_tiled,
+    'gather': na2d_reference,
+}
 
 
+@pytest.mark.parametrize('algorithm', TORCH_ALGORITHMS)
 @pytest.mark.parametrize('case', FIXTURE_CASES)
-def test_reference_matches_official_fixture(op_fixture, case, torch_algorithm):
-    """Both torch algorithms of the public op (and the gather's logits) = NATTEN 0.14.4."""
+def test_reference_matches_official_fixture(op_fixture, case, algorithm):
+    """Every torch algorithm and the public op (and the gather's logits) = NATTEN 0.14.4."""
     get, tensors, dilation = _fixture_case(op_fixture, case)
     ks, scale = op_fixture['kernel_size'], op_fixture['scale']
     torch.testing.assert_close(na2d_logits_reference(tensors[0], tensors[1], ks, dilation, tensors[3], scale),
                                get('logits'), **F64_TOL)
-    out, grads = _forward_backward(lambda *t: neighborhood_attention_2d(*t[:3], ks, dilation, t[3], scale),
+    out, grads = _forward_backward(lambda *t: TORCH_ALGORITHMS[algorithm](*t[:3], ks, dilation, t[3], scale),
                                    tensors, get('grad_out'))
     torch.testing.assert_close(out, get('out'), **F64_TOL)
     for name, grad in zip(('grad_q', 'grad_k', 'grad_v', 'grad_rpb'), grads):
@@ -198,17 +201,26 @@ def test_triton_strided_inputs():
         torch.testing.assert_close(got, want, **F64_TOL)
 
 
-def test_torch_algorithm_follows_the_crossover(monkeypatch):
-    """na2d_torch: dense below DENSE_BELOW_TOKENS key tokens, the gather from there on."""
+@pytest.mark.parametrize('traced,algorithms', [(False, ['tiled', 'dense', 'tiled', 'gather', 'gather']),
+                                               (True, ['gather', 'dense', 'dense', 'gather', 'dense'])])
+def test_torch_algorithm_follows_the_crossover(monkeypatch, traced, algorithms):
+    """na2d_torch: dense below the crossover, from there on the tiled algorithm (eager; its
+    crossover in key tokens scaled by the keys of a tile at k = 7 over those at k) or the gather
+    (traced); the gather for an rpb holding -inf and (eager) for an empty batch."""
     from mmsparse.ops import _dispatch
     calls = []
-    monkeypatch.setattr(reference_module, 'na2d_dense', lambda *a: calls.append('dense'))
-    monkeypatch.setattr(reference_module, 'na2d_reference', lambda *a: calls.append('sparse'))
-    monkeypatch.setitem(_dispatch.DENSE_BELOW_TOKENS, 'neighborhood_attention_2d', 42)
+    for name, algorithm in (('na2d_dense', 'dense'), ('na2d_tiled', 'tiled'), ('na2d_reference', 'gather')):
+        monkeypatch.setattr(reference_module, name, lambda *a, algorithm=algorithm: calls.append(algorithm))
+    monkeypatch.setattr(reference_module, '_traced', lambda q: traced)
+    for op in ('neighborhood_attention_2d', 'neighborhood_attention_2d_tiled'):
+        monkeypatch.setitem(_dispatch.DENSE_BELOW_TOKENS, op, 42)
     x, y = torch.zeros(1, 1, 6, 7, 4), torch.zeros(1, 1, 6, 6, 4)   # 42 and 36 key tokens
-    reference_module.na2d_torch(x, x, x, 3, 1, None, 1.0)
-    reference_module.na2d_torch(y, y, y, 3, 1, None, 1.0)
-    assert calls == ['sparse', 'dense']
+    reference_module.na2d_torch(x, x, x, 7, 1, None, 1.0)
+    reference_module.na2d_torch(y, y, y, 7, 1, None, 1.0)
+    reference_module.na2d_torch(y, y, y, 3, 1, None, 1.0)         # tiles of 10 x 10 keys: as 36 * 1.96 = 70
+    reference_module.na2d_torch(x, x, x, 7, 1, torch.full((1, 13, 13), float('-inf')), 1.0)
+    reference_module.na2d_torch(y[:0], y[:0], y[:0], 7, 1, None, 1.0)
+    assert calls == algorithms
 
 
 @pytest.mark.parametrize('dilation', [1, 2])
@@ -227,6 +239,91 @@ def test_dense_matches_gather(dilation, with_rpb, dtype):
         torch.testing.assert_close(dense_out, ref_out, **tol)
         for got, want in zip(dense_grads, ref_grads):
             torch.testing.assert_close(got, want, **tol)
+
+
+# (H, W, Hq, Wq, kernel_size, dilation, tile, with rpb)
+TILED_CASES = [
+    (16, 16, 16, 16, 7, 1, 8, True),    # sides a multiple of the tile
+    (13, 19, 13, 19, 5, 1, 8, True),    # not a multiple: the last tiles overlap their neighbours
+    (20, 17, 11, 9, 3, 1, 4, True),     # queries on the top-left corner
+    (14, 15, 14, 15, 7, 2, 8, True),    # dilation 2: classes of 7 and 7 / 8 and 7 positions
+    (17, 16, 10, 16, 3, 3, 4, False),   # dilation 3, classes of 6/6/5 keys and 4/3/3 query rows
+    (9, 12, 2, 12, 3, 3, 8, True),      # fewer query rows than classes, tile larger than a class
+    (12, 12, 12, 12, 5, 2, 3, False),   # the key runs longer than some classes
+    (10, 23, 10, 23, 5, 1, 1, True),    # one query per tile
+]
+
+
+@pytest.mark.parametrize('height,width,rows,cols,ks,dilation,tile,with_rpb', TILED_CASES)
+def test_tiled_matches_gather(height, width, rows, cols, ks, dilation, tile, with_rpb):
+    """na2d_tiled = the gather, outputs and the gradients of q, k, v and rpb (float64)."""
+    tensors, grad_out = _random_inputs(2, 2, height, width, 8, ks, with_rpb, torch.float64, seed=height * width)
+    tensors = [None if t is None else t.cpu() for t in tensors]
+    grad_out = grad_out.cpu()[:, :, :rows, :cols]
+    results = [_forward_backward(lambda q, k, v, rpb: fn(q[:, :, :rows, :cols], k, v, ks, dilation, rpb, 0.3),
+                                 tensors, grad_out)
+               for fn in (lambda *a: na2d_tiled(*a, tile=tile), na2d_reference)]
+    (tiled_out, tiled_grads), (ref_out, ref_grads) = results
+    tol = dict(atol=1e-10, rtol=0)
+    torch.testing.assert_close(tiled_out, ref_out, **tol)
+    for name, got, want in zip(('dq', 'dk', 'dv', 'drpb'), tiled_grads, ref_grads):
+        torch.testing.assert_close(got, want, **tol, msg=lambda m, name=name: f'{name}: {m}')
+
+
+def test_tiled_float32():
+    """na2d_tiled in float32 (the dtype it is picked for) against the float64 gather."""
+    tensors, grad_out = _random_inputs(1, 2, 19, 21, 32, 7, True, torch.float64, seed=3)
+    tensors, grad_out = [t.cpu() for t in tensors], grad_out.cpu()
+    ref_out, ref_grads = _forward_backward(lambda q, k, v, rpb: na2d_reference(q, k, v, 7, 1, rpb, 0.2),
+                                           tensors, grad_out)
+    out, grads = _forward_backward(lambda q, k, v, rpb: na2d_tiled(q, k, v, 7, 1, rpb, 0.2),
+                                   [t.float() for t in tensors], grad_out.float())
+    torch.testing.assert_close(out.double(), ref_out, **F32_TOL)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, **F32_TOL)
+
+
+def test_empty_batch():
+    """An empty batch: an empty output and zero gradients (the torch op takes the gather there)."""
+    tensors, _ = _random_inputs(0, 2, 7, 8, 8, 3, True, torch.float64, seed=1)
+    tensors = [t.cpu() for t in tensors]
+    out, grads = _forward_backward(lambda *t: neighborhood_attention_2d(*t[:3], 3, 2, t[3], backend='torch'),
+                                   tensors, torch.zeros(0, 2, 7, 8, 8, dtype=torch.float64))
+    assert out.shape == (0, 2, 7, 8, 8)
+    assert [g.shape for g in grads] == [t.shape for t in tensors]
+    assert all(not g.any() for g in grads)
+
+
+def test_tiled_masks_are_built_once(monkeypatch):
+    """na2d_tiled builds each layout and mask once per geometry (and dtype, for the mask without
+    rpb), a first call under inference mode included, and still gives the gather's gradients."""
+    reference_module._cached_tile_index.cache_clear()
+    reference_module._cached_tile_mask.cache_clear()
+    builds = []
+    build = reference_module._build_dense_mask
+    monkeypatch.setattr(reference_module, '_build_dense_mask', lambda *a: builds.append(a[3]) or build(*a))
+    tensors, grad_out = _random_inputs(1, 2, 13, 11, 8, 3, True, torch.float64, seed=4)
+    tensors, grad_out = [t.cpu() for t in tensors], grad_out.cpu()
+
+    def tiled(q, k, v, rpb):
+        return na2d_tiled(q, k, v, 3, 2, rpb, 0.3, tile=4)
+
+    with torch.inference_mode():
+        tiled(*tensors)
+        tiled(*tensors[:3], None)
+    for _ in range(2):
+        tiled_out, tiled_grads = _forward_backward(tiled, tensors, grad_out)
+        _forward_backward(tiled, tensors[:3] + [None], grad_out)
+    assert builds == [None, torch.float64]          # the bias index table, then the additive mask
+    tiled(*[t.float() for t in tensors])
+    tiled(*[t.float() for t in tensors[:3]], None)
+    assert builds == [None, torch.float64, torch.float32]
+    assert reference_module._cached_tile_index.cache_info().misses == 1
+    ref_out, ref_grads = _forward_backward(lambda q, k, v, rpb: na2d_reference(q, k, v, 3, 2, rpb, 0.3),
+                                           tensors, grad_out)
+    torch.testing.assert_close(tiled_out, ref_out, **F64_TOL)
+    for got, want in zip(tiled_grads, ref_grads):
+        torch.testing.assert_close(got, want, **F64_TOL)
 
 
 def test_dense_masks_are_built_once(monkeypatch):

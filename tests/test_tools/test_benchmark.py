@@ -242,13 +242,13 @@ def test_script_runs_standalone():
     assert 'H-MHSA' in result.stdout
 
 
-# 40x40 = 1600 key tokens: the gather algorithm (DENSE_BELOW_TOKENS); below it the dense one runs
-# flash SDPA with a cached mask, whose memory hardly grows with the batch
+# 40x40: the tiled algorithm (DENSE_BELOW_TOKENS), 5 x 5 tiles of 8 x 8 queries, each over the
+# (8 + 7 - 1)**2 = 196 keys its windows cover
 NA2D_MEMORY = ['na2d', '--size', '40', '--heads', '2', '--head-dim', '16', '--kernel-size', '7',
                '--warmup', '0', '--iters', '1', '--device', 'cpu', '--dtype', 'float32', '--passes', 'fwd',
                '--backends', 'torch']
-# (B, heads, N, k*k, head_dim) fp32 gathered keys and values of the reference: 19.1 MiB per image
-GATHERED_MIB_PER_IMAGE = 2 * 2 * 1600 * 49 * 16 * 4 / 2 ** 20
+# (heads, tiles, keys, head_dim) fp32 gathered keys and values of the tiles: 1.2 MiB per image
+GATHERED_MIB_PER_IMAGE = 2 * 2 * 25 * 196 * 16 * 4 / 2 ** 20
 
 
 @pytest.mark.slow
