@@ -1,4 +1,5 @@
-"""Bi-level routing attention: Triton kernels vs the PyTorch reference, and dispatch.
+"""Bi-level routing attention: the torch backend's SDPA algorithm and the Triton kernels vs
+the PyTorch reference, and dispatch.
 
 Without a GPU the Triton kernels run in the CPU interpreter: Triton chooses
 interpreter or compiler when it is first imported (its own ``tl.zeros``/``tl.sum``
@@ -26,7 +27,7 @@ import pytest  # noqa: E402
 import mmsparse.ops.bra as bra_pkg  # noqa: E402
 from mmsparse.ops import bi_level_routing_attention  # noqa: E402
 from mmsparse.ops._dispatch import ENV_VAR, resolve_backend, triton_available  # noqa: E402
-from mmsparse.ops.bra import bra_attention_reference, route_regions  # noqa: E402
+from mmsparse.ops.bra import bra_attention_reference, bra_attention_sdpa, route_regions  # noqa: E402
 
 DEVICE = 'cuda' if ON_GPU else 'cpu'
 
@@ -94,6 +95,40 @@ def test_triton_matches_reference(monkeypatch, n, n_win, region, heads, d_qk, d_
     torch.testing.assert_close(tri_out, ref_out, atol=1e-4, rtol=1e-4)
     for name, got, want in zip(('dq', 'dk', 'dv'), tri_grads, ref_grads):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3, msg=lambda m, name=name: f'{name}: {m}')
+
+
+@pytest.mark.parametrize('n,n_win,region,heads,d_qk,d_v,topk,cap', CASES)
+def test_sdpa_algorithm_matches_reference(n, n_win, region, heads, d_qk, d_v, topk, cap):
+    """The torch backend's fused SDPA over the routed regions = the explicit matmul-softmax
+    (float64, strided q/k/v views of one fused tensor): output and gradients."""
+    qkv, (c_qk, _) = _qkv_views(n, n_win, region, heads, d_qk, d_v, dtype=torch.float64)
+    grad_out = torch.randn(qkv.shape[:3] + (heads * d_v, ), generator=torch.Generator().manual_seed(1),
+                           dtype=torch.float64).to(DEVICE)
+    scale = c_qk ** -0.5
+    region_index = route_regions(qkv[..., :c_qk], qkv[..., c_qk:2 * c_qk], n_win, topk, scale)
+    results = []
+    for fn in (bra_attention_reference, bra_attention_sdpa):
+        leaf = qkv.detach().clone().requires_grad_()
+        out = fn(leaf[..., :c_qk], leaf[..., c_qk:2 * c_qk], leaf[..., 2 * c_qk:], region_index, heads, n_win, scale)
+        out.backward(grad_out)
+        results.append((out.detach(), leaf.grad))
+    torch.testing.assert_close(results[1], results[0], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize('shape,c_qk', [((0, 4, 4, 8), 8), ((1, 4, 4, 8), 0)])
+def test_sdpa_algorithm_on_empty_batch_and_zero_width_heads(shape, c_qk):
+    """An empty batch, and q/k with no channels (uniform attention over the routed keys): as the reference."""
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(shape, generator=gen, dtype=torch.float64)
+    qk = torch.randn(shape[:3] + (c_qk, ), generator=gen, dtype=torch.float64)
+    region_index = torch.tensor([[1, 0], [2, 3], [3, 0], [0, 1]]).expand(shape[0], -1, -1)
+    results = []
+    for fn in (bra_attention_reference, bra_attention_sdpa):
+        leaves = [t.clone().requires_grad_() for t in (qk, qk, v)]
+        out = fn(*leaves, region_index, 2, 2, 0.5)
+        out.backward(torch.ones_like(out))
+        results.append((out.detach(), [t.grad for t in leaves]))
+    torch.testing.assert_close(results[1], results[0], atol=1e-12, rtol=0)
 
 
 @needs_kernels
@@ -172,7 +207,7 @@ def spies(monkeypatch):
         return impl
 
     from mmsparse.ops.bra import triton_kernels
-    monkeypatch.setattr(bra_pkg, 'bra_attention_reference', fake('torch'))
+    monkeypatch.setattr(bra_pkg, 'bra_attention_sdpa', fake('torch'))
     monkeypatch.setattr(triton_kernels, 'bra_attention_triton', fake('triton'))
     monkeypatch.delenv(ENV_VAR, raising=False)
     return calls

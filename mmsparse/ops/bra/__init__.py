@@ -19,8 +19,8 @@ from torch import Tensor
 from .._checks import check_attention_tensors, check_positive_int, check_scale, check_topk
 from .._dispatch import check_triton_device, recompute_gradients, resolve_backend, runs_inline
 from ..probe import record_call, register_probabilities
-from .reference import (bra_attention_reference, bra_probabilities_reference, region_merge, region_partition,
-                        route_regions, routed_key_index)
+from .reference import (bra_attention_reference, bra_attention_sdpa, bra_probabilities_reference, region_merge,
+                        region_partition, route_regions, routed_key_index)
 
 OP = 'bi_level_routing_attention'
 
@@ -69,9 +69,9 @@ def bi_level_routing_attention(q, k, v, num_heads, n_win, topk, scale=None,
 
 
 def _implementation(q, k, v, num_heads, n_win, topk, scale):
-    """Routing, then the reference attention over the routed regions."""
+    """Routing, then the torch backend's attention over the routed regions."""
     region_index = route_regions(q, k, n_win, topk, scale)
-    return bra_attention_reference(q, k, v, region_index, num_heads, n_win, scale), region_index
+    return bra_attention_sdpa(q, k, v, region_index, num_heads, n_win, scale), region_index
 
 
 @torch.library.custom_op(f'mmsparse::{OP}', mutates_args=())
@@ -98,7 +98,7 @@ def _backward(ctx, grad_out, grad_region_index):
     q, k, v, region_index = ctx.saved_tensors
     num_heads, n_win, scale = ctx.bra
     dq, dk, dv = recompute_gradients(
-        lambda q, k, v: bra_attention_reference(q, k, v, region_index, num_heads, n_win, scale), (q, k, v),
+        lambda q, k, v: bra_attention_sdpa(q, k, v, region_index, num_heads, n_win, scale), (q, k, v),
         grad_out)
     return dq, dk, dv, None, None, None, None
 
@@ -153,5 +153,5 @@ def _check_inputs(q, k, v, num_heads, n_win, topk, scale):
             raise ValueError(f'num_heads={num_heads} must divide {name}={channels}')
 
 
-__all__ = ['bi_level_routing_attention', 'bra_probabilities', 'bra_attention_reference',
+__all__ = ['bi_level_routing_attention', 'bra_probabilities', 'bra_attention_reference', 'bra_attention_sdpa',
            'bra_probabilities_reference', 'route_regions', 'routed_key_index', 'region_partition', 'region_merge']
