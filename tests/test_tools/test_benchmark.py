@@ -173,8 +173,9 @@ def test_official_semantics_equal_the_mixers():
 
 
 def test_rounds_interleave_the_backends(monkeypatch):
-    """--rounds R: every backend is timed R times in turn, iters/R calls each; ms is the median."""
-    order, round_ms = [], iter([6., 2., 4., 60., 2., 20.])   # in turn: torch, official, torch, ...
+    """--rounds R: every backend is timed R times in turn, iters/R calls each, in reverse order
+    every other round; ms is the median."""
+    order, round_ms = [], iter([6., 2., 4., 60., 2., 20.])   # in turn: torch, official, official, torch, ...
 
     class FakeTimer:
         def __init__(self, device):
@@ -195,9 +196,10 @@ def test_rounds_interleave_the_backends(monkeypatch):
         case.factories[backend] = lambda *a, f=factory, b=backend: (
             lambda fn, leaves, shape: ((lambda *x: order.append(b) or fn(*x)), leaves, shape))(*f(*a))
     timed = bench.bench_pass(args, case, 'fwd', ['torch', 'official-gather'], torch.device('cpu'), torch.float32)
-    assert order == ['torch', 'torch', 'official-gather', 'official-gather'] * 3
-    # rounds of 2 calls: torch 6, 4, 2 ms -> 3, 2, 1 ms per call; official 2, 60, 20 -> 1, 30, 10
-    assert timed['torch'][0] == 2. and timed['official-gather'][0] == 10.
+    torch_first, official_first = ['torch'] * 2 + ['official-gather'] * 2, ['official-gather'] * 2 + ['torch'] * 2
+    assert order == torch_first + official_first + torch_first
+    # rounds of 2 calls: torch 6, 60, 2 ms -> 3, 30, 1 ms per call; official 2, 4, 20 -> 1, 2, 10
+    assert timed['torch'][0] == 3. and timed['official-gather'][0] == 2.
 
 
 def test_square_grid():

@@ -876,8 +876,9 @@ def bench_pass(args, case, pass_name, backends, device, dtype):
     """Time one case and pass for every backend, interleaved; return ``{backend: (ms, peak, extra)}``.
 
     Every backend's inputs are built and warmed up first; then ``--rounds`` rounds each run
-    every backend for its share of ``--iters`` calls in turn, so a drift of the machine's
-    speed hits all backends alike, and a backend's ms per call is the median of its rounds.
+    every backend for its share of ``--iters`` calls in turn, in reverse order every other
+    round, so a drift of the machine's speed and the position in a round hit all backends
+    alike, and a backend's ms per call is the median of its rounds.
     On CUDA the peak memory (allocator peak, and the part above what was allocated before:
     the op's workspace, outputs and gradients) is read over two more steps per backend;
     on CPU the two values are None (:func:`measure_cpu_memory` measures them).
@@ -890,12 +891,17 @@ def bench_pass(args, case, pass_name, backends, device, dtype):
         steps[backend] = step, leaves
     per_round = max(1, args.iters // args.rounds)
     times = {backend: [] for backend in backends}
+    order = list(steps)
     for _ in range(args.rounds):
-        for backend, (step, _) in steps.items():
+        for backend in order:
+            step = steps[backend][0]
             with _Timer(device) as timer:
                 for _ in range(per_round):
                     step()
             times[backend].append(timer.ms / per_round)
+        # The next round runs the backends in reverse (A B, B A, ...): a backend that runs
+        # right after another one (cold caches, the other's freed memory) is not always the same.
+        order.reverse()
     results = {}
     for backend, (step, leaves) in steps.items():
         peak = extra = None
