@@ -294,66 +294,45 @@ def test_empty_batch():
     assert all(not g.any() for g in grads)
 
 
-def test_tiled_masks_are_built_once(monkeypatch):
-    """na2d_tiled builds each layout and mask once per geometry (and dtype, for the mask without
-    rpb), a first call under inference mode included, and still gives the gather's gradients."""
-    reference_module._cached_tile_index.cache_clear()
-    reference_module._cached_tile_mask.cache_clear()
+@pytest.mark.parametrize('algorithm,size,caches', [
+    ('dense', (9, 11), ('_cached_dense_mask', )),
+    ('tiled', (13, 11), ('_cached_tile_index', '_cached_tile_mask')),
+])
+def test_masks_are_built_once(monkeypatch, algorithm, size, caches):
+    """na2d_dense and na2d_tiled build each mask once per geometry and dtype, not per call (the
+    bias index table serves every dtype, the additive mask does not); a first call under
+    inference mode does not poison the cache for training; the cached masks still give the
+    gather's output and gradients."""
+    for cache in caches:
+        getattr(reference_module, cache).cache_clear()
     builds = []
     build = reference_module._build_dense_mask
     monkeypatch.setattr(reference_module, '_build_dense_mask', lambda *a: builds.append(a[3]) or build(*a))
-    tensors, grad_out = _random_inputs(1, 2, 13, 11, 8, 3, True, torch.float64, seed=4)
+    tensors, grad_out = _random_inputs(1, 2, *size, 8, 3, True, torch.float64, seed=4)
     tensors, grad_out = [t.cpu() for t in tensors], grad_out.cpu()
 
-    def tiled(q, k, v, rpb):
+    def masked(q, k, v, rpb):
+        if algorithm == 'dense':
+            return na2d_dense(q, k, v, 3, 2, rpb, 0.3)
         return na2d_tiled(q, k, v, 3, 2, rpb, 0.3, tile=4)
 
     with torch.inference_mode():
-        tiled(*tensors)
-        tiled(*tensors[:3], None)
+        masked(*tensors)
+        masked(*tensors[:3], None)
     for _ in range(2):
-        tiled_out, tiled_grads = _forward_backward(tiled, tensors, grad_out)
-        _forward_backward(tiled, tensors[:3] + [None], grad_out)
+        out, grads = _forward_backward(masked, tensors, grad_out)
+        _forward_backward(masked, tensors[:3] + [None], grad_out)
     assert builds == [None, torch.float64]          # the bias index table, then the additive mask
-    tiled(*[t.float() for t in tensors])
-    tiled(*[t.float() for t in tensors[:3]], None)
+    masked(*[t.float() for t in tensors])
+    masked(*[t.float() for t in tensors[:3]], None)
     assert builds == [None, torch.float64, torch.float32]
-    assert reference_module._cached_tile_index.cache_info().misses == 1
+    if algorithm == 'tiled':
+        assert reference_module._cached_tile_index.cache_info().misses == 1
     ref_out, ref_grads = _forward_backward(lambda q, k, v, rpb: na2d_reference(q, k, v, 3, 2, rpb, 0.3),
                                            tensors, grad_out)
-    torch.testing.assert_close(tiled_out, ref_out, **F64_TOL)
-    for got, want in zip(tiled_grads, ref_grads):
+    torch.testing.assert_close(out, ref_out, **F64_TOL)
+    for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, **F64_TOL)
-
-
-def test_dense_masks_are_built_once(monkeypatch):
-    """na2d_dense builds each mask once per geometry and dtype, not per call; a first call under
-    inference mode does not poison the cache for training; the cached table still gives the
-    gather's rpb gradient."""
-    reference_module._cached_dense_mask.cache_clear()
-    builds = []
-    build = reference_module._build_dense_mask
-    monkeypatch.setattr(reference_module, '_build_dense_mask', lambda *a: builds.append(a[3]) or build(*a))
-    tensors, grad_out = _random_inputs(1, 2, 9, 11, 8, 3, True, torch.float64, seed=4)
-    tensors, grad_out = [t.cpu() for t in tensors], grad_out.cpu()
-
-    def dense(q, k, v, rpb):
-        return na2d_dense(q, k, v, 3, 2, rpb, 0.3)
-
-    with torch.inference_mode():
-        dense(*tensors)
-        dense(*tensors[:3], None)
-    for _ in range(2):
-        dense_out, dense_grads = _forward_backward(dense, tensors, grad_out)
-        _forward_backward(dense, tensors[:3] + [None], grad_out)
-    assert builds == [None, torch.float64]          # the bias index table, then the additive mask
-    dense(*[t.float() for t in tensors])            # the table serves every dtype
-    dense(*[t.float() for t in tensors[:3]], None)  # the additive mask does not
-    assert builds == [None, torch.float64, torch.float32]
-    ref_out, ref_grads = _forward_backward(lambda q, k, v, rpb: na2d_reference(q, k, v, 3, 2, rpb, 0.3),
-                                           tensors, grad_out)
-    torch.testing.assert_close(dense_out, ref_out, **F64_TOL)
-    torch.testing.assert_close(dense_grads[3], ref_grads[3], atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize('with_rpb', [True, False])
