@@ -2,7 +2,8 @@
 
 Priority: the op's ``backend=`` argument, then the environment variable
 ``MMSPARSE_ATTN_BACKEND``, then the device: CUDA tensors go to Triton, all
-other tensors to the pure-PyTorch reference.
+other tensors to the pure-PyTorch reference. Under ONNX export every op takes the torch
+path, whatever it is asked for: ONNX has no ``mmsparse::`` op.
 """
 import os
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ def resolve_backend(backend, *tensors, needs_triton=True):
     if backend not in BACKENDS:
         raise ValueError(f'{source}={backend!r} is not a valid attention backend; '
                          f'expected one of {BACKENDS}')
+    if inline_reference():  # ONNX has no mmsparse:: op: every op runs its torch implementation
+        return 'torch'
     if backend == 'auto':
         on_cuda = all(t.is_cuda for t in tensors)
         return 'triton' if on_cuda and (triton_available() or not needs_triton) else 'torch'
@@ -81,8 +84,9 @@ def inline_reference():
 _STATE = {'through_custom_ops': False}   # see through_custom_ops()
 
 
-def runs_inline(pure_torch, *tensors):
-    """True when a public op should run its implementation as plain aten ops, not its custom op.
+def runs_inline(*tensors):
+    """True when a public op should run its pure-PyTorch implementation as plain aten ops, not
+    its custom op (the Triton backend has ``triton_op``s of its own).
 
     * Under ONNX export (:func:`inline_reference`): ONNX has no ``mmsparse::`` op.
     * An eager call of a pure-PyTorch path on plain tensors. The custom op would add a
@@ -93,16 +97,14 @@ def runs_inline(pure_torch, *tensors):
 
     The custom op stays where it is one node of a graph: under ``torch.compile``,
     ``torch.export`` and ``torch.jit.trace`` (the FLOP counter), on fake, functional or meta
-    tensors, for the Triton kernels, and inside :func:`through_custom_ops`.
+    tensors, and inside :func:`through_custom_ops`.
 
     Args:
-        pure_torch (bool): the resolved implementation is plain PyTorch (the torch
-            backend, or H-MHSA's SDPA path).
         *tensors (Tensor | None): the op's tensor inputs.
     """
     if inline_reference():
         return True
-    if not pure_torch or _STATE['through_custom_ops']:
+    if _STATE['through_custom_ops']:
         return False
     if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
         return False

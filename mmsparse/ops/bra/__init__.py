@@ -61,7 +61,7 @@ def bi_level_routing_attention(q, k, v, num_heads, n_win, topk, scale=None,
         from . import triton_kernels
         region_index = route_regions(q, k, n_win, topk, scale)
         out = triton_kernels.bra_attention_triton(q, k, v, region_index, num_heads, n_win, scale)
-    elif runs_inline(True, q, k, v):
+    elif runs_inline(q, k, v):
         out, region_index = _implementation(q, k, v, num_heads, n_win, topk, scale)
     else:
         out, region_index = _bra_op(q, k, v, int(num_heads), int(n_win), int(topk), scale)

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_attention_tensors, check_scale
-from .._dispatch import inline_reference, recompute_gradients, resolve_backend, runs_inline, torch_algorithm
+from .._dispatch import recompute_gradients, resolve_backend, runs_inline, torch_algorithm
 from ..probe import record_call, register_probabilities
 from . import traced_pattern
 from .reference import (fibottention_dense, fibottention_gather, fibottention_probabilities_reference,
@@ -394,15 +394,13 @@ def fibottention_attention(q, k, v, pattern, scale=None, mode='sparse', with_cls
     scale = float(q.shape[-1]**-0.5 if scale is None else scale)
     record_call(OP, q=q, k=k, v=v, pattern=pattern, scale=scale, mode=mode, with_cls=with_cls, backend=backend)
     resolved = resolve_backend(backend, q, k, v)
-    if inline_reference():
-        resolved = 'torch'
     if resolved == 'triton':
         from . import triton_kernels
         return triton_kernels.fibottention_triton(q, k, v, pattern, scale, mode, with_cls)
     pattern = pattern.to(q.device)
     index, valid = pattern.neighbours()
     mask = pattern.dense_mask(mode, with_cls, q.dtype) if torch_algorithm(OP, q.shape[2]) == 'dense' else None
-    if runs_inline(True, q, k, v):
+    if runs_inline(q, k, v):
         return _implementation(q, k, v, index, valid, mask, scale, mode, with_cls)
     return _fib_op(q, k, v, pattern.displacements, pattern.counts, index, valid, mask, list(pattern.grid), scale,
                    mode, bool(with_cls))

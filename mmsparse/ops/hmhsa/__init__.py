@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_attention_tensors, check_positive_int, check_scale
-from .._dispatch import inline_reference, recompute_gradients, resolve_backend, runs_inline
+from .._dispatch import recompute_gradients, resolve_backend, runs_inline
 from ..probe import record_call, register_probabilities
 from .reference import (attention_probabilities, attention_reference, merge_heads,
                         split_heads, window_key_mask, window_merge, window_partition,
@@ -60,10 +60,6 @@ def _check_positive_int(name, value):
         raise ValueError(f'{name}={value!r} must be a positive int')
 
 
-def _resolve(backend, q, k, v):
-    """The implementation's backend: the reference inline under ONNX export, else as resolved."""
-    resolved = resolve_backend(backend, q, k, v, needs_triton=False)
-    return 'torch' if inline_reference() else resolved
 
 
 def grid_attention(q, k, v, num_heads, grid_size, scale=None, backend=None):
@@ -98,8 +94,8 @@ def grid_attention(q, k, v, num_heads, grid_size, scale=None, backend=None):
     scale = float((q.shape[1] // num_heads)**-0.5 if scale is None else scale)
     record_call('grid_attention', q=q, k=k, v=v, num_heads=num_heads, grid_size=grid_size, scale=scale,
                 backend=backend)
-    resolved = _resolve(backend, q, k, v)
-    if runs_inline(True, q, k, v):
+    resolved = resolve_backend(backend, q, k, v, needs_triton=False)
+    if runs_inline(q, k, v):
         return _grid_implementation(q, k, v, num_heads, grid_size, scale, resolved)
     return _grid_op(q, k, v, int(num_heads), int(grid_size), scale, resolved)
 
@@ -146,8 +142,8 @@ def global_attention(q, k, v, num_heads, scale=None, backend=None):
                          f'{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}')
     scale = float((q.shape[1] // num_heads)**-0.5 if scale is None else scale)
     record_call('global_attention', q=q, k=k, v=v, num_heads=num_heads, scale=scale, backend=backend)
-    resolved = _resolve(backend, q, k, v)
-    if runs_inline(True, q, k, v):
+    resolved = resolve_backend(backend, q, k, v, needs_triton=False)
+    if runs_inline(q, k, v):
         return _global_implementation(q, k, v, num_heads, scale, resolved)
     return _global_op(q, k, v, int(num_heads), scale, resolved)
 
@@ -253,7 +249,7 @@ def cell_average_pool(x, ratio):
     _check_positive_int('ratio', ratio)
     if ratio == 1:
         return x
-    if runs_inline(True, x):
+    if runs_inline(x):
         return _pool_implementation(x, ratio)
     return _pool_op(x, int(ratio))
 

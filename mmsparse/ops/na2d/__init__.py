@@ -67,7 +67,7 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, rpb=None, scale=
     if resolved == 'triton':
         from . import triton_kernels
         return triton_kernels.na2d_triton(q, k, v, kernel_size, dilation, rpb, scale)
-    if runs_inline(True, q, k, v, rpb):
+    if runs_inline(q, k, v, rpb):
         return na2d_torch(q, k, v, kernel_size, dilation, rpb, scale)
     return _na2d_op(q, k, v, kernel_size, dilation, rpb, scale)
 
