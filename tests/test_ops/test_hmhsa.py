@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mmsparse.ops.hmhsa as hmhsa_pkg
 from mmsparse.ops import cell_average_pool, global_attention, grid_attention
@@ -153,6 +154,39 @@ def test_sdpa_path_runs_on_fused_kernels_only(h, w, g):
                  global_attention(q, pooled_k, pooled_v, 2, backend='triton'))
     for out, ref in zip(fused, expected):
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+class _CopyCounter(TorchDispatchMode):
+    """Counts the aten ops that copy tensor data (clone, contiguous copies, pad, cat, stack)."""
+    COPIES = ('aten.clone.', 'aten.copy_.', 'aten.constant_pad_nd.', 'aten.cat.', 'aten.stack.')
+
+    def __init__(self):
+        super().__init__()
+        self.copies = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(self.COPIES):
+            self.copies.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('grad', [False, True])
+def test_eager_steps_copy_only_what_the_official_reshapes_copy(grad):
+    """On a map that G divides, the local step copies each of q, k, v once (into windows) and
+    its output once (back to the map), as the official reshapes do: no stack, no pad by zero,
+    no slice whose backward fills zeros; its backward copies each gradient back once. The
+    one-head global step's forward copies nothing (its output is a view of the token-major
+    product)."""
+    q, k, v = (randn(2, 8, 16, 16, seed=s).requires_grad_(grad) for s in range(3))
+    with _CopyCounter() as local:
+        out = grid_attention(q, k, v, 1, 8, backend='torch')
+        if grad:
+            out.backward(torch.randn_like(out))
+    assert local.copies == ['aten.clone.default'] * (8 if grad else 4)
+    pooled_k, pooled_v = (cell_average_pool(t.detach(), 8).requires_grad_(grad) for t in (k, v))
+    with _CopyCounter() as glob:
+        global_attention(q.detach().requires_grad_(grad), pooled_k, pooled_v, 1, backend='torch')
+    assert glob.copies == []
 
 
 # ----------------------------------------------------------------------------- dispatch

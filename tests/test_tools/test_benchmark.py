@@ -19,11 +19,11 @@ TINY = {
     'na2d': ['--batch', '1', '--size', '9', '10', '--heads', '2', '--head-dim', '8', '--kernel-size', '3',
              '--dilation', '2'],
     'fibottention': ['--batch', '1', '--tokens', '16', '30', '--heads', '3', '--head-dim', '8'],
-    'hmhsa': ['--batch', '1', '--size', '10', '12', '--dim', '16', '--heads', '2', '--grid-size', '4',
-              '--ratio', '3'],
+    'hmhsa': ['--batch', '1', '--size', '8', '12', '--dim', '16', '--heads', '2', '--grid-size', '4',
+              '--ratio', '2'],
 }
 # dense token count of every case: H*W, or N + CLS for fibottention
-TOKENS = {'bra': [64], 'na2d': [90], 'fibottention': [17, 31], 'hmhsa': [120]}
+TOKENS = {'bra': [64], 'na2d': [90], 'fibottention': [17, 31], 'hmhsa': [96]}
 
 
 def _run(argv):
@@ -33,7 +33,8 @@ def _run(argv):
 @pytest.mark.parametrize('op', sorted(TINY))
 def test_every_op_runs_on_cpu(op, capsys):
     """Rows, columns and the progress line; memory is n/a on CPU with --no-cpu-memory."""
-    official = {'fibottention': ['official-mask'], 'na2d': ['official-mask'], 'bra': ['official-gather']}
+    official = {'fibottention': ['official-mask'], 'na2d': ['official-mask'], 'bra': ['official-gather'],
+                'hmhsa': ['official-matmul']}
     backends = ['torch', 'dense-sdpa'] + official.get(op, [])
     rows = _run([op] + TINY[op] + FAST + ['--backends'] + backends)
     expected = [(n, p, b) for n in TOKENS[op] for p in bench.PASSES for b in backends]
@@ -142,12 +143,28 @@ def test_official_bra_baseline_matches_the_op(size, n_win, topk, heads):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize('size,grid_size,ratio,heads', [((8, 12), 4, 2, 2), ((14, 7), 7, 7, 1)])
+def test_official_hmhsa_baseline_matches_the_op(size, grid_size, ratio, heads):
+    """The reshaped matmul-softmax baseline = the ops (grid, pool, global), outputs and gradients."""
+    argv = ['hmhsa', '--batch', '2', '--size', *map(str, size), '--dim', '8', '--heads', str(heads),
+            '--grid-size', str(grid_size), '--ratio', str(ratio)]
+    case, = bench.hmhsa_cases(bench.parse_args(argv))
+    results = []
+    for backend in ('official-matmul', 'torch'):
+        fn, (leaf, ), shape = case.factories[backend](torch.device('cpu'), torch.float64, torch.Generator().manual_seed(0))
+        grad = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        out = fn(leaf.requires_grad_())
+        results.append([out, *torch.autograd.grad(out, leaf, grad)])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
 def _mixers():
     """One token mixer per family's op, float64, with an input map each (NA: padded, dilated, rpb)."""
     from mmsparse.registry import MODELS
     cfgs = [(dict(type='mmsparse.NeighborhoodAttention2d', kernel_size=3, dilation=2), (5, 6)),
             (dict(type='mmsparse.BiLevelRoutingAttention', n_win=2, topk=2), (8, 8)),
-            (dict(type='mmsparse.HierarchicalMHSA', grid_size=3, ds_ratio=2), (6, 7)),
+            (dict(type='mmsparse.HierarchicalMHSA', grid_size=3, ds_ratio=2), (6, 12)),   # as official: G, r divide
             (dict(type='mmsparse.Fibottention2d', mode='official'), (4, 5))]
     torch.manual_seed(0)
     for cfg, size in cfgs:
@@ -218,6 +235,7 @@ def test_square_grid():
     (['bra', '--dim', '10', '--heads', '4'], '--heads: num_heads=4 must be a positive divisor of --dim=10'),
     (['hmhsa', '--dim', '10', '--heads', '4'], '--heads=4'),
     (['hmhsa', '--backends', 'official-mask'], 'official-mask'),
+    (['hmhsa', '--size', '12', '--grid-size', '8', '--backends', 'official-matmul'], '--grid-size=8'),
     (['fibottention', '--tokens', '1024', '0'], '--tokens=0'),
     (['fibottention', '--iters', '0'], '--iters=0'),
     (['fibottention', '--iters', '4', '--rounds', '5'], '--rounds=5 must be between 1 and --iters=4'),

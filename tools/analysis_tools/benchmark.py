@@ -43,14 +43,16 @@ float32 on CPU), ``--device`` (default cuda if available), ``--warmup``,
   through an index table built once;
 * ``official-gather`` (bra): the official data flow of BRA, region routing, one gather of
   the routed key/value regions, matmul-softmax per region;
+* ``official-matmul`` (hmhsa): the official data flow of H-MHSA, the maps reshaped into
+  ``G x G`` windows, ``softmax((q * scale) @ k^T) @ v`` in each, written back, and the
+  queries against the ``r x r`` average-pooled keys (``G`` and ``r`` must divide the map);
 * ``eager`` / ``compile`` (model only): the backbone as built, and ``torch.compile``
   of it (``--compile``; compiled and run once outside the timed loop). The timed call
   is the backbone forward on a ``(batch, 3, H, W)`` image plus the sum of its feature
   maps (the scalar the ``fwd+bwd`` pass differentiates); eval mode for ``fwd``,
   train mode for ``fwd+bwd``;
 * ``official`` (model, ``--official``): the same backbone with its attention ops
-  computed the official way (:class:`OfficialSemantics`: the baselines above, and H-MHSA
-  as the plain matmul-softmax);
+  computed the official way (:class:`OfficialSemantics`: the baselines above);
 * ``variant`` (model, ``--variant KEY=VALUE ...``): the config with these settings on
   top of ``--cfg-options``, e.g. ``model.backbone.attention=dense`` for a dense twin.
 
@@ -121,8 +123,8 @@ DTYPES = {'float16': torch.float16, 'fp16': torch.float16, 'bfloat16': torch.bfl
           'bf16': torch.bfloat16, 'float32': torch.float32, 'fp32': torch.float32,
           'float64': torch.float64, 'fp64': torch.float64}
 PASSES = ('fwd', 'fwd+bwd')
-ALL_BACKENDS = ('torch', 'triton', 'dense-sdpa', 'official-mask', 'official-gather', 'eager', 'compile', 'official',
-                'variant')
+ALL_BACKENDS = ('torch', 'triton', 'dense-sdpa', 'official-mask', 'official-gather', 'official-matmul', 'eager',
+                'compile', 'official', 'variant')
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -308,13 +310,61 @@ def official_bra_attention(q, k, v, num_heads, n_win, topk, scale=None):
     return out.reshape(n, height, width, c_v)
 
 
+def _official_softmax_attention(q, k, v, scale):
+    """``softmax((q * scale) @ k^T) @ v``, the official H-MHSA core (scale on q, as there)."""
+    return ((q * scale) @ k.transpose(-1, -2)).softmax(-1) @ v
+
+
+def official_grid_attention(q, k, v, num_heads, grid_size, scale=None):
+    """H-MHSA's local step the official way: reshape the maps into ``G x G`` windows (one copy
+    each), attend inside each, write the windows back to the map (one copy).
+
+    Args:
+        q, k, v (Tensor): (B, C, H, W), channels head-major; ``G`` must divide ``H`` and ``W``
+            (the official reshape requires it).
+        num_heads (int): heads.
+        grid_size (int): window side G.
+        scale (float, optional): default ``(C / num_heads) ** -0.5``.
+    """
+    b, c, h, w = q.shape
+    g, d = grid_size, c // num_heads
+    if h % g or w % g:
+        raise ValueError(f'the official H-MHSA needs grid_size={g} to divide the map ({h}x{w})')
+
+    def windows(x):  # (B, C, H, W) -> (B, nH, nW, heads, G*G, d)
+        x = x.reshape(b, num_heads, d, h // g, g, w // g, g).permute(0, 3, 5, 1, 4, 6, 2)
+        return x.reshape(b, h // g, w // g, num_heads, g * g, d)
+
+    out = _official_softmax_attention(*(windows(t) for t in (q, k, v)), d ** -0.5 if scale is None else scale)
+    out = out.reshape(b, h // g, w // g, num_heads, g, g, d).permute(0, 3, 6, 1, 4, 2, 5)
+    return out.reshape(b, c, h, w)
+
+
+def official_global_attention(q, k, v, num_heads, scale=None):
+    """H-MHSA's global step the official way: every query against every (pooled) key.
+
+    Args:
+        q (Tensor): (B, C, H, W); k, v (Tensor): (B, C, Hk, Wk).
+        num_heads (int): heads.
+        scale (float, optional): default ``(C / num_heads) ** -0.5``.
+    """
+    b, c, h, w = q.shape
+    d = c // num_heads
+
+    def tokens(x):  # (B, C, H, W) -> (B, heads, H*W, d), a view
+        return x.reshape(b, num_heads, d, -1).transpose(-1, -2)
+
+    out = _official_softmax_attention(*(tokens(t) for t in (q, k, v)), d ** -0.5 if scale is None else scale)
+    return out.transpose(-1, -2).reshape(b, c, h, w)
+
+
 class OfficialSemantics:
     """A backbone's attention ops computed the official way, for the model sub-command's ``official`` row.
 
     :meth:`patched` swaps the ops the token mixers call for the baselines above: NA as dense
     masked SDPA (masks built once per map size), BRA by gathering the routed regions,
     Fibottention as the official multiplicative mask whatever its ``mode`` (built once per
-    pattern), H-MHSA's two attentions as the plain matmul-softmax (``backend='torch'``).
+    pattern), H-MHSA's two attentions as the official reshapes and matmul-softmax.
     """
 
     def __init__(self):
@@ -342,19 +392,22 @@ class OfficialSemantics:
                           lambda: build_official_mask(pattern, with_cls, q.device, q.dtype))
         return official_mask_attention(q, k, v, mask, scale)
 
+    def grid_attention(self, q, k, v, num_heads, grid_size, scale=None, backend=None):
+        return official_grid_attention(q, k, v, num_heads, grid_size, scale)
+
+    def global_attention(self, q, k, v, num_heads, scale=None, backend=None):
+        return official_global_attention(q, k, v, num_heads, scale)
+
     @contextmanager
     def patched(self):
         """Within: the token mixers' ops are the official baselines."""
         from mmsparse.models.attentions import bra, fibottention, hmhsa, neighborhood_attention
 
-        def matmul_softmax(op):
-            return lambda *args, **kwargs: op(*args, **{**kwargs, 'backend': 'torch'})
-
         swaps = [(neighborhood_attention, 'neighborhood_attention_2d', self.na2d),
                  (bra, 'bi_level_routing_attention', self.bra),
                  (fibottention, 'fibottention_attention', self.fibottention),
-                 (hmhsa, 'grid_attention', matmul_softmax(ops.grid_attention)),
-                 (hmhsa, 'global_attention', matmul_softmax(ops.global_attention))]
+                 (hmhsa, 'grid_attention', self.grid_attention),
+                 (hmhsa, 'global_attention', self.global_attention)]
         saved = [(module, name, getattr(module, name)) for module, name, _ in swaps]
         try:
             for module, name, baseline in swaps:
@@ -570,6 +623,11 @@ def hmhsa_check(args, error):
         error(f'--size={args.size} must be positive')
     if args.dim % args.heads:
         error(f'--heads={args.heads} must divide --dim={args.dim}')
+    height, width = _map_size(args.size)
+    if 'official-matmul' in args.backends and (height % args.grid_size or width % args.grid_size
+                                                or height % args.ratio or width % args.ratio):
+        error(f'--backends official-matmul needs --grid-size={args.grid_size} and --ratio={args.ratio} to divide '
+              f'--size={height}x{width} (the official reshape into windows and its floor-mode pooling)')
 
 
 def hmhsa_cases(args):
@@ -588,10 +646,19 @@ def hmhsa_cases(args):
             return fn, (_randn(gen, (b, 3 * c, height, width), device, dtype), ), shape
         return factory
 
+    def official(device, dtype, gen):
+        def fn(leaf):
+            q, k, v = leaf.chunk(3, dim=1)
+            local = official_grid_attention(q, k, v, heads, args.grid_size)
+            k_pool, v_pool = (F.avg_pool2d(t, args.ratio) for t in (k, v))
+            return local + official_global_attention(q, k_pool, v_pool, heads)
+
+        return fn, (_randn(gen, (b, 3 * c, height, width), device, dtype), ), shape
+
     tokens = height * width
     pooled = math.ceil(height / args.ratio) * math.ceil(width / args.ratio)
     factories = {'torch': op('torch'), 'triton': op('triton'),
-                 'dense-sdpa': _dense_sdpa(b, heads, tokens, c // heads)}
+                 'dense-sdpa': _dense_sdpa(b, heads, tokens, c // heads), 'official-matmul': official}
     yield Case(f'H-MHSA: B={b} HxW={height}x{width} (N={tokens}) C={c} heads={heads} grid_size={args.grid_size} '
                f'ratio={args.ratio} ({pooled} pooled keys); triton = SDPA fast path', factories, tokens=tokens)
 
@@ -609,7 +676,7 @@ def model_args(parser):
                         help='override settings of the config (mmengine DictAction syntax)')
     parser.add_argument('--official', action='store_true',
                         help="add an 'official' row: the same backbone with its attention ops computed the "
-                        'official way (dense masked NA and Fibottention, gathered BRA, matmul-softmax H-MHSA)')
+                        'official way (dense masked NA and Fibottention, gathered BRA, reshaped matmul-softmax H-MHSA)')
     parser.add_argument('--variant', nargs='+', default=None, metavar='KEY=VALUE',
                         help="add a 'variant' row: the config with these settings on top of --cfg-options, "
                         'e.g. model.backbone.attention=dense for a dense twin')
@@ -687,7 +754,8 @@ OPS = {
                _BASE + ('official-mask', )),
     'fibottention': Op('Fibottention (ViT)', fibottention_args, fibottention_check, fibottention_cases,
                        _BASE + ('official-mask', )),
-    'hmhsa': Op('H-MHSA grid + global attention (HAT-Net)', hmhsa_args, hmhsa_check, hmhsa_cases, _BASE,
+    'hmhsa': Op('H-MHSA grid + global attention (HAT-Net)', hmhsa_args, hmhsa_check, hmhsa_cases,
+                _BASE + ('official-matmul', ),
                 triton_needs_cuda=False),
     'model': Op("a config's backbone, eager and (--compile) torch.compile", model_args, model_check,
                 model_cases, ('eager', 'compile', 'official', 'variant'), triton_needs_cuda=False,

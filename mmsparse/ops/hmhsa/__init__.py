@@ -84,7 +84,8 @@ def grid_attention(q, k, v, num_heads, grid_size, scale=None, backend=None):
         backend (str, optional): ``'auto'``, ``'torch'`` or ``'triton'`` (SDPA).
 
     Returns:
-        Tensor: (B, C, H, W) contiguous.
+        Tensor: (B, C, H, W); contiguous from the custom op, while an eager call on a padded
+            map returns the crop, a strided view, instead of copying it.
     """
     _check_maps('grid_attention', {'q': q, 'k': k, 'v': v}, num_heads, scale)
     if not q.shape == k.shape == v.shape:
@@ -102,16 +103,18 @@ def grid_attention(q, k, v, num_heads, grid_size, scale=None, backend=None):
 
 def _grid_implementation(q, k, v, num_heads, grid_size, scale, backend):
     b, _, h, w = q.shape
-    windows = window_partition(torch.stack((q, k, v)), num_heads, grid_size)
-    out = _attention_core(backend)(*windows.unbind(0), scale, window_key_mask(b, h, w, grid_size, q.device))
-    # Contiguous, as the fake implementation promises (the crop of padded maps is not).
-    return window_merge(out, b, h, w, grid_size).contiguous()
+    windows = (window_partition(t, num_heads, grid_size) for t in (q, k, v))
+    out = _attention_core(backend)(*windows, scale, window_key_mask(b, h, w, grid_size, q.device))
+    return window_merge(out, b, h, w, grid_size)
 
 
+# The custom ops return contiguous maps, as their fake implementations promise; inline calls
+# return the implementation's layout (the crop of a padded map, or for one head the global
+# step's (B, C, H, W) view of its token-major output), so that nothing is copied for it.
 @torch.library.custom_op('mmsparse::grid_attention', mutates_args=())
 def _grid_op(q: Tensor, k: Tensor, v: Tensor, num_heads: int, grid_size: int, scale: float,
              backend: str) -> Tensor:
-    return _grid_implementation(q, k, v, num_heads, grid_size, scale, backend)
+    return _grid_implementation(q, k, v, num_heads, grid_size, scale, backend).contiguous()
 
 
 @_grid_op.register_fake
@@ -134,7 +137,8 @@ def global_attention(q, k, v, num_heads, scale=None, backend=None):
         backend (str, optional): ``'auto'``, ``'torch'`` or ``'triton'`` (SDPA).
 
     Returns:
-        Tensor: (B, C, H, W) contiguous.
+        Tensor: (B, C, H, W); contiguous from the custom op, while an eager call with one
+            head returns the map as a view of the token-major output, instead of copying it.
     """
     _check_maps('global_attention', {'q': q, 'k': k, 'v': v}, num_heads, scale)
     if k.shape != v.shape or k.shape[:2] != q.shape[:2]:
@@ -150,12 +154,12 @@ def global_attention(q, k, v, num_heads, scale=None, backend=None):
 
 def _global_implementation(q, k, v, num_heads, scale, backend):
     out = _attention_core(backend)(*(split_heads(t, num_heads) for t in (q, k, v)), scale)
-    return merge_heads(out, *q.shape[2:]).contiguous()
+    return merge_heads(out, *q.shape[2:])
 
 
 @torch.library.custom_op('mmsparse::global_attention', mutates_args=())
 def _global_op(q: Tensor, k: Tensor, v: Tensor, num_heads: int, scale: float, backend: str) -> Tensor:
-    return _global_implementation(q, k, v, num_heads, scale, backend)
+    return _global_implementation(q, k, v, num_heads, scale, backend).contiguous()
 
 
 @_global_op.register_fake
@@ -200,8 +204,8 @@ def grid_attention_probabilities(queries, q, k, v, num_heads, grid_size, scale, 
     y, x = queries // w, queries % w
     window, row = (y // g) * n_w + x // g, (y % g) * g + x % g
     # Only the windows of the queries: (B, heads, Q, G*G, d) keys, (B, heads, Q, 1, d) queries.
-    q_win, k_win = (t.reshape(b, -1, num_heads, g * g, c // num_heads).transpose(1, 2)[:, :, window]
-                    for t in window_partition(torch.stack((q, k)), num_heads, g).unbind(0))
+    q_win, k_win = (window_partition(t, num_heads, g).reshape(b, -1, num_heads, g * g, c // num_heads)
+                    .transpose(1, 2)[:, :, window] for t in (q, k))
     q_row = q_win[:, :, torch.arange(len(queries), device=q.device), row].unsqueeze(-2)
     validity = window_validity(h, w, g, q.device)
     key_mask = None if validity is None else validity.reshape(-1, 1, g * g)[window]

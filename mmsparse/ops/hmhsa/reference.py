@@ -36,29 +36,43 @@ def num_windows(size, grid_size):
     return (size + grid_size - 1) // grid_size
 
 
-def window_partition(x, num_heads, grid_size):
-    """Pad and split stacked maps into windows: (S, B, C, H, W) -> (S, B*nH*nW, heads, G*G, d).
+def _padded(height, width, grid_size):
+    """Whether the windows pad the map; always for symbolic sizes, whose divisibility is not
+    known when the graph is traced (the pad and crop are then by zero rows when they divide)."""
+    concrete = isinstance(height, int) and isinstance(width, int)
+    return not (concrete and height % grid_size == 0 and width % grid_size == 0)
 
-    ``S`` maps (q, k, v stacked) are padded and permuted by one op each, not one per map.
+
+def window_partition(x, num_heads, grid_size):
+    """Split a map into windows: (B, C, H, W) -> (B*nH*nW, heads, G*G, d), one copy.
+
     ``H`` and ``W`` are zero-padded up to multiples of ``G`` (``nH = ceil(H/G)``,
-    ``nW = ceil(W/G)``); windows are ordered batch-major, then row-major.
+    ``nW = ceil(W/G)``) only when ``G`` does not divide them: the permute is the one copy
+    the official reshape makes too, and a pad by zero would be a second. Windows are
+    ordered batch-major, then row-major. q, k and v are partitioned one by one: stacking
+    them first would copy them once more.
     """
-    s, b, c, h, w = x.shape
+    b, c, h, w = x.shape
     g = grid_size
     n_h, n_w = num_windows(h, g), num_windows(w, g)
-    x = F.pad(x, (0, n_w * g - w, 0, n_h * g - h))
-    x = x.reshape(s, b, num_heads, c // num_heads, n_h, g, n_w, g)
-    return x.permute(0, 1, 4, 6, 2, 5, 7, 3).reshape(s, b * n_h * n_w, num_heads, g * g, c // num_heads)
+    if _padded(h, w, g):
+        x = F.pad(x, (0, n_w * g - w, 0, n_h * g - h))
+    x = x.reshape(b, num_heads, c // num_heads, n_h, g, n_w, g)
+    return x.permute(0, 3, 5, 1, 4, 6, 2).reshape(b * n_h * n_w, num_heads, g * g, c // num_heads)
 
 
 def window_merge(x, batch, height, width, grid_size):
-    """Inverse of :func:`window_partition`, cropping the padding: -> (B, C, H, W)."""
+    """Inverse of :func:`window_partition`, cropping the padding: -> (B, C, H, W).
+
+    Unpadded maps are not sliced: the backward of even a full-size slice writes the gradient
+    into a zero-filled copy.
+    """
     g = grid_size
     n_h, n_w = num_windows(height, g), num_windows(width, g)
     num_heads, d = x.shape[1], x.shape[3]
     x = x.reshape(batch, n_h, n_w, num_heads, g, g, d).permute(0, 3, 6, 1, 4, 2, 5)
     x = x.reshape(batch, num_heads * d, n_h * g, n_w * g)
-    return x[:, :, :height, :width]
+    return x[:, :, :height, :width] if _padded(height, width, g) else x
 
 
 def window_key_mask(batch, height, width, grid_size, device):
@@ -81,8 +95,7 @@ def window_validity(height, width, grid_size, device):
     branch on them would bake the traced size's window count into the graph.
     """
     g = grid_size
-    concrete = isinstance(height, int) and isinstance(width, int)
-    if concrete and height % g == 0 and width % g == 0:
+    if not _padded(height, width, g):
         return None
     n_h, n_w = num_windows(height, g), num_windows(width, g)
     rows = torch.arange(n_h * g, device=device) < height
