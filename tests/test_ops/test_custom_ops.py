@@ -196,12 +196,20 @@ def test_triton_ops_compile_fullgraph_equal_eager(op):
     torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
 
 
+@pytest.fixture
+def eager_calls_inline(through_the_custom_ops):
+    """Undoes ``through_the_custom_ops`` for one test. Its teardown comes first (it depends on
+    that fixture), so the state that fixture restores is the one left for the next test."""
+    previous, dispatch._STATE['through_custom_ops'] = dispatch._STATE['through_custom_ops'], False
+    yield
+    dispatch._STATE['through_custom_ops'] = previous
+
+
 @pytest.mark.parametrize('op', ['na2d', 'bra', 'fibottention', 'grid', 'global', 'pool'])
-def test_eager_calls_run_inline_with_the_custom_op_gradients(op, monkeypatch):
+def test_eager_calls_run_inline_with_the_custom_op_gradients(op, monkeypatch, eager_calls_inline):
     """An eager call on plain tensors runs the torch implementation inline (autograd keeps the
     forward's tensors; no recomputing backward), with the custom op's output and gradients;
     a jit trace (the FLOP counter) still records the custom op."""
-    monkeypatch.setitem(dispatch._STATE, 'through_custom_ops', False)   # undo through_the_custom_ops
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 5, 6, generator=gen, dtype=torch.float64)
     pattern = fibottention_pattern((3, 4), 2, 1)
