@@ -151,7 +151,8 @@ def test_official_hmhsa_baseline_matches_the_op(size, grid_size, ratio, heads):
     case, = bench.hmhsa_cases(bench.parse_args(argv))
     results = []
     for backend in ('official-matmul', 'torch'):
-        fn, (leaf, ), shape = case.factories[backend](torch.device('cpu'), torch.float64, torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(0)   # the same leaf for both
+        fn, (leaf, ), shape = case.factories[backend](torch.device('cpu'), torch.float64, gen)
         grad = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
         out = fn(leaf.requires_grad_())
         results.append([out, *torch.autograd.grad(out, leaf, grad)])
