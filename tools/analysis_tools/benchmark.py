@@ -106,6 +106,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -310,8 +311,10 @@ def official_bra_attention(q, k, v, num_heads, n_win, topk, scale=None):
     return out.reshape(n, height, width, c_v)
 
 
-def _official_softmax_attention(q, k, v, scale):
-    """``softmax((q * scale) @ k^T) @ v``, the official H-MHSA core (scale on q, as there)."""
+def _official_softmax_attention(q, k, v, scale=None):
+    """``softmax((q * scale) @ k^T) @ v``, the official H-MHSA core (scale on q, as there;
+    default ``head_dim ** -0.5``)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     return ((q * scale) @ k.transpose(-1, -2)).softmax(-1) @ v
 
 
@@ -335,7 +338,7 @@ def official_grid_attention(q, k, v, num_heads, grid_size, scale=None):
         x = x.reshape(b, num_heads, d, h // g, g, w // g, g).permute(0, 3, 5, 1, 4, 6, 2)
         return x.reshape(b, h // g, w // g, num_heads, g * g, d)
 
-    out = _official_softmax_attention(*(windows(t) for t in (q, k, v)), d ** -0.5 if scale is None else scale)
+    out = _official_softmax_attention(*(windows(t) for t in (q, k, v)), scale)
     out = out.reshape(b, h // g, w // g, num_heads, g, g, d).permute(0, 3, 6, 1, 4, 2, 5)
     return out.reshape(b, c, h, w)
 
@@ -354,7 +357,7 @@ def official_global_attention(q, k, v, num_heads, scale=None):
     def tokens(x):  # (B, C, H, W) -> (B, heads, H*W, d), a view
         return x.reshape(b, num_heads, d, -1).transpose(-1, -2)
 
-    out = _official_softmax_attention(*(tokens(t) for t in (q, k, v)), d ** -0.5 if scale is None else scale)
+    out = _official_softmax_attention(*(tokens(t) for t in (q, k, v)), scale)
     return out.transpose(-1, -2).reshape(b, c, h, w)
 
 
@@ -635,30 +638,26 @@ def hmhsa_cases(args):
     b, c, heads = args.batch, args.dim, args.heads
     shape = (b, c, height, width)
 
-    def op(backend):
+    def block(grid_attention, pool, global_attention):
+        """The factory of ``grid_attention(q, k, v) + global_attention(q, pool(k), pool(v))``."""
         def factory(device, dtype, gen):
             def fn(leaf):  # q, k, v are channel chunks of one fused qkv, as in the HAT-Net block
                 q, k, v = leaf.chunk(3, dim=1)
-                local = ops.grid_attention(q, k, v, heads, args.grid_size, backend=backend)
-                k_pool, v_pool = (ops.cell_average_pool(t, args.ratio) for t in (k, v))
-                return local + ops.global_attention(q, k_pool, v_pool, heads, backend=backend)
+                local = grid_attention(q, k, v, heads, args.grid_size)
+                return local + global_attention(q, pool(k, args.ratio), pool(v, args.ratio), heads)
 
             return fn, (_randn(gen, (b, 3 * c, height, width), device, dtype), ), shape
         return factory
 
-    def official(device, dtype, gen):
-        def fn(leaf):
-            q, k, v = leaf.chunk(3, dim=1)
-            local = official_grid_attention(q, k, v, heads, args.grid_size)
-            k_pool, v_pool = (F.avg_pool2d(t, args.ratio) for t in (k, v))
-            return local + official_global_attention(q, k_pool, v_pool, heads)
-
-        return fn, (_randn(gen, (b, 3 * c, height, width), device, dtype), ), shape
+    def op(backend):
+        return block(partial(ops.grid_attention, backend=backend), ops.cell_average_pool,
+                     partial(ops.global_attention, backend=backend))
 
     tokens = height * width
     pooled = math.ceil(height / args.ratio) * math.ceil(width / args.ratio)
     factories = {'torch': op('torch'), 'triton': op('triton'),
-                 'dense-sdpa': _dense_sdpa(b, heads, tokens, c // heads), 'official-matmul': official}
+                 'dense-sdpa': _dense_sdpa(b, heads, tokens, c // heads),
+                 'official-matmul': block(official_grid_attention, F.avg_pool2d, official_global_attention)}
     yield Case(f'H-MHSA: B={b} HxW={height}x{width} (N={tokens}) C={c} heads={heads} grid_size={args.grid_size} '
                f'ratio={args.ratio} ({pooled} pooled keys); triton = SDPA fast path', factories, tokens=tokens)
 

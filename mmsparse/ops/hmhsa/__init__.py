@@ -60,8 +60,6 @@ def _check_positive_int(name, value):
         raise ValueError(f'{name}={value!r} must be a positive int')
 
 
-
-
 def grid_attention(q, k, v, num_heads, grid_size, scale=None, backend=None):
     """Local multi-head attention inside non-overlapping ``G x G`` windows (the H-MHSA local step).
 
