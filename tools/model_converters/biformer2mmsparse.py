@@ -11,16 +11,15 @@ official ``side_dwconv``, 5 in every released model) is printed, and the
 backbone must be built with the same ``side_dwconv`` to load the result.
 A progress bar over the tensors goes to stderr; ``--no-progress`` turns it off.
 """
-import argparse
 import os.path as osp
 import sys
 
-# the shared progress bar of this folder, also when a test imports the file by path
+# the shared command line and progress bar of this folder, also when a test imports the file by path
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _progress import add_progress_argument, with_progress  # noqa: E402
+from _converter import key_mapping_converter  # noqa: E402
 
-from mmsparse.models.utils import biformer_official_to_mmsparse, convert_checkpoint_file
-from mmsparse.models.utils.ckpt_convert import biformer_side_dwconv
+from mmsparse.models.utils import biformer_official_to_mmsparse  # noqa: E402
+from mmsparse.models.utils.ckpt_convert import biformer_side_dwconv  # noqa: E402
 
 
 def convert_and_report_side_dwconv(state_dict):
@@ -35,25 +34,7 @@ def convert_and_report_side_dwconv(state_dict):
     return converted
 
 
-def convert(src, dst, progress=True):
-    """Convert checkpoint ``src`` and write the result to ``dst``.
-
-    Args:
-        src (str): The official checkpoint.
-        dst (str): The output path; its folder is created.
-        progress (bool): Show a progress bar over the tensors on stderr. Defaults to True.
-    """
-    convert_checkpoint_file(src, dst, with_progress(convert_and_report_side_dwconv, progress))
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('src', help='official BiFormer checkpoint')
-    parser.add_argument('dst', help='output path')
-    add_progress_argument(parser)
-    args = parser.parse_args()
-    convert(args.src, args.dst, args.progress)
-
+convert, main = key_mapping_converter(convert_and_report_side_dwconv, __doc__, 'official BiFormer checkpoint')
 
 if __name__ == '__main__':
     main()

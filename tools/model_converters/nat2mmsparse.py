@@ -9,36 +9,16 @@ loadable with ``torch.load(..., weights_only=True)`` and by
 ``init_cfg=dict(type='Pretrained')``.
 A progress bar over the tensors goes to stderr; ``--no-progress`` turns it off.
 """
-import argparse
 import os.path as osp
 import sys
 
-# the shared progress bar of this folder, also when a test imports the file by path
+# the shared command line and progress bar of this folder, also when a test imports the file by path
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _progress import add_progress_argument, with_progress  # noqa: E402
+from _converter import key_mapping_converter  # noqa: E402
 
-from mmsparse.models.utils import convert_checkpoint_file, nat_official_to_mmsparse
+from mmsparse.models.utils import nat_official_to_mmsparse  # noqa: E402
 
-
-def convert(src, dst, progress=True):
-    """Convert checkpoint ``src`` and write the result to ``dst``.
-
-    Args:
-        src (str): The official checkpoint.
-        dst (str): The output path; its folder is created.
-        progress (bool): Show a progress bar over the tensors on stderr. Defaults to True.
-    """
-    convert_checkpoint_file(src, dst, with_progress(nat_official_to_mmsparse, progress))
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('src', help='official NAT or DiNAT checkpoint')
-    parser.add_argument('dst', help='output path')
-    add_progress_argument(parser)
-    args = parser.parse_args()
-    convert(args.src, args.dst, args.progress)
-
+convert, main = key_mapping_converter(nat_official_to_mmsparse, __doc__, 'official NAT or DiNAT checkpoint')
 
 if __name__ == '__main__':
     main()

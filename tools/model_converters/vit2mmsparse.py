@@ -11,16 +11,15 @@ and, with ``--img-size``, resizes ``pos_embed`` bicubically to that input size
 ``torch.load(..., weights_only=True)`` and by ``init_cfg=dict(type='Pretrained')``.
 A progress bar over the tensors goes to stderr; ``--no-progress`` turns it off.
 """
-import argparse
 import os.path as osp
 import sys
-
-# the shared progress bar of this folder, also when a test imports the file by path
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _progress import add_progress_argument, with_progress  # noqa: E402
 from functools import partial
 
-from mmsparse.models.utils import convert_checkpoint_file, vit_official_to_mmsparse
+# the shared command line and progress bar of this folder, also when a test imports the file by path
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _converter import convert_file, converter_parser  # noqa: E402
+
+from mmsparse.models.utils import vit_official_to_mmsparse  # noqa: E402
 
 
 def convert(src, dst, img_size=None, patch_size=16, progress=True):
@@ -35,19 +34,15 @@ def convert(src, dst, img_size=None, patch_size=16, progress=True):
         progress (bool): Show a progress bar over the tensors on stderr. Defaults to True.
     """
     pos_grid = None if img_size is None else (img_size[0] // patch_size, img_size[-1] // patch_size)
-    convert_checkpoint_file(src, dst, with_progress(partial(vit_official_to_mmsparse, pos_grid=pos_grid),
-                                                     progress))
+    convert_file(partial(vit_official_to_mmsparse, pos_grid=pos_grid), src, dst, progress)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('src', help='timm / DeiT / official Fibottention checkpoint')
-    parser.add_argument('dst', help='output path')
+def main(argv=None):
+    parser = converter_parser(__doc__, 'timm / DeiT / official Fibottention checkpoint')
     parser.add_argument('--img-size', type=int, nargs='+', help='resize pos_embed to this input size '
                         '(one value for square, or H W); default: keep it')
     parser.add_argument('--patch-size', type=int, default=16, help='patch size of the model (default 16)')
-    add_progress_argument(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.img_size is not None and len(args.img_size) not in (1, 2):
         parser.error(f'--img-size takes 1 or 2 values, got {args.img_size}')
     convert(args.src, args.dst, args.img_size, args.patch_size, args.progress)
