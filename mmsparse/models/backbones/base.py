@@ -126,6 +126,14 @@ class SparseBackbone(BaseModule):
             raise ValueError(f'frozen_stages={frozen_stages!r} must be {allowed}')
         return int(frozen_stages)
 
+    def _set_output_and_freeze_options(self, out_indices, frozen_stages, norm_eval, num_outputs):
+        """Check and set the options every backbone takes: ``out_indices`` (see
+        :meth:`_parse_out_indices`) and ``frozen_stages`` (see :meth:`_check_frozen_stages`)
+        over ``num_outputs`` stages (blocks for a plain ViT), and ``norm_eval``."""
+        self.out_indices = self._parse_out_indices(out_indices, num_outputs)
+        self.frozen_stages = self._check_frozen_stages(frozen_stages, num_outputs - 1)
+        self.norm_eval = norm_eval
+
     @staticmethod
     def _init_layer(m):
         """timm's ViT init, used by the official models: trunc-normal Linear, unit LayerNorm."""

@@ -146,9 +146,7 @@ class BiFormer(SparseBackbone):
                 raise ValueError(f'{name}={value} must have {self.num_stages} entries')
         check_lepe_kernel('side_dwconv', side_dwconv)
         self.side_dwconv = side_dwconv
-        self.out_indices = self._parse_out_indices(out_indices, self.num_stages)
-        self.frozen_stages = self._check_frozen_stages(frozen_stages, self.num_stages - 1)
-        self.norm_eval = norm_eval
+        self._set_output_and_freeze_options(out_indices, frozen_stages, norm_eval, self.num_stages)
 
         dims = self.embed_dims
         self.downsample_layers = nn.ModuleList(

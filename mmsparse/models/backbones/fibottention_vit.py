@@ -146,12 +146,10 @@ class FibottentionViT(SparseBackbone):
         # Default: the last block of each quarter, as ViTDet and BEiT take them.
         if out_indices is None:
             out_indices = tuple(depth * q // 4 - 1 for q in range(1, 5))
-        self.out_indices = self._parse_out_indices(out_indices, depth)
+        self._set_output_and_freeze_options(out_indices, frozen_stages, norm_eval, depth)
         if len(out_scales) != len(self.out_indices):
             raise ValueError(f'out_scales={out_scales} must have one entry per out_indices='
                              f'{self.out_indices}')
-        self.frozen_stages = self._check_frozen_stages(frozen_stages, depth - 1)
-        self.norm_eval = norm_eval
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.pos_grid = (img_size[0] // patch_size, img_size[1] // patch_size)
 

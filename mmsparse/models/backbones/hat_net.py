@@ -172,9 +172,7 @@ class HATNet(SparseBackbone):
         arch = self._parse_arch(arch)
         self.embed_dims = tuple(arch['embed_dims'])
         self.depths = tuple(arch['depths'])
-        self.out_indices = self._parse_out_indices(out_indices, self.num_stages)
-        self.frozen_stages = self._check_frozen_stages(frozen_stages, self.num_stages - 1)
-        self.norm_eval = norm_eval
+        self._set_output_and_freeze_options(out_indices, frozen_stages, norm_eval, self.num_stages)
 
         dims = self.embed_dims
         self.patch_embed = nn.Sequential(

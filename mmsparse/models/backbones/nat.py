@@ -138,9 +138,7 @@ class NAT(SparseBackbone):
         self.depths = tuple(arch['depths'])
         self.embed_dims = tuple(arch['embed_dims'] * 2**i for i in range(self.num_stages))
         self.dilations = self._parse_dilations(dilations)
-        self.out_indices = self._parse_out_indices(out_indices, self.num_stages)
-        self.frozen_stages = self._check_frozen_stages(frozen_stages, self.num_stages - 1)
-        self.norm_eval = norm_eval
+        self._set_output_and_freeze_options(out_indices, frozen_stages, norm_eval, self.num_stages)
 
         dims = self.embed_dims
         stem = nn.Sequential(
