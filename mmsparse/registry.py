@@ -2,9 +2,9 @@
 
 ``type='mmsparse.BiFormer'`` (``'mmsparse.AlignResize'`` in a pipeline,
 ``'mmsparse.SyntheticADE20KDataset'`` as a dataset) resolves from any default scope
-(``mmdet``, ``mmseg``), as does ``'mmsparse.RNGStateHook'`` in ``custom_hooks``: the ``mmsparse.`` prefix sends the lookup here, and ``locations``
-imports ``mmsparse.models`` / ``mmsparse.datasets`` / ``mmsparse.engine`` on first use, so ``custom_imports`` is
-optional.
+(``mmdet``, ``mmseg``), as does ``'mmsparse.RNGStateHook'`` in ``custom_hooks``: the
+``mmsparse.`` prefix sends the lookup here, and ``locations`` imports ``mmsparse.models`` /
+``mmsparse.datasets`` / ``mmsparse.engine`` on first use, so ``custom_imports`` is optional.
 """
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS

@@ -113,7 +113,8 @@ def test_bra_without_auto_pad_names_n_win():
 # --------------------------------------------------------------------------- backbones
 BACKBONE_CASES = [
     # (builder, kwargs, error, match)
-    (BiFormer, dict(arch='huge'), ValueError, r"arch='huge' is not a BiFormer preset; choose one of \['base', 'small', 'tiny'\]"),
+    (BiFormer, dict(arch='huge'), ValueError,
+     r"arch='huge' is not a BiFormer preset; choose one of \['base', 'small', 'tiny'\]"),
     (NAT, dict(arch='xl'), ValueError, r"arch='xl' is not a NAT preset; choose one of \['base', 'large', 'mini'"),
     (HATNet, dict(arch=7), TypeError, r'arch must be a preset name or a dict, got int'),
     (FibottentionViT, dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2)), ValueError,

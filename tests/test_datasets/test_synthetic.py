@@ -148,7 +148,8 @@ def test_rejects_bad_input(synthetic_data, tmp_path):
     cfg = Config(dict(default_scope='mmpretrain', model=dict()))
     with pytest.raises(ValueError, match=r"cfg.default_scope .*\('mmseg', 'mmdet'\).*'mmpretrain'"):
         use_synthetic_data(cfg, str(synthetic_data))
-    with pytest.raises(FileNotFoundError, match=rf"data_root='{re.escape(str(tmp_path))}' holds no coco .*--datasets coco"):
+    with pytest.raises(FileNotFoundError,
+                       match=rf"data_root='{re.escape(str(tmp_path))}' holds no coco .*--datasets coco"):
         use_synthetic_data(Config.fromfile(DET_CONFIG), str(tmp_path))
     coco = dict(type='CocoDataset', ann_file='annotations/instances_val2017.json')
     cfg = Config(dict(default_scope='mmdet', model=dict(),

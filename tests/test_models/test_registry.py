@@ -3,6 +3,7 @@ import pytest
 
 from ..utils import build_in_fresh_interpreter
 
+
 @pytest.mark.parametrize('codebase', ['mmdet', 'mmseg'])
 @pytest.mark.parametrize('with_imports', [True, False])
 def test_backbone_resolves_in_a_fresh_interpreter(codebase, with_imports):

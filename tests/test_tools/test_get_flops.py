@@ -115,6 +115,7 @@ def test_sdpa_mask_built_from_constants_is_folded_and_input_masks_count_every_en
                            *_sdpa_inputs(*shape))
         assert counted == b * h * int(make_mask().sum()) * (e + ev)
     # A mask computed from the input, or an additive float mask, says nothing about kept entries.
+
     def overwritten_by_input(q):
         mask = torch.zeros(length, keys, dtype=torch.bool)
         mask.copy_(q[0, 0, :, :1] > 0)

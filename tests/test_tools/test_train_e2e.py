@@ -4,7 +4,6 @@ These are the slowest tests of the suite (marked ``slow``); CI runs them.
 """
 import glob
 import json
-import os
 import os.path as osp
 import re
 import signal

@@ -176,6 +176,7 @@ class NAT(SparseBackbone):
                 len(stage) != depth for stage, depth in zip(dilations, self.depths)):
             raise ValueError(f'dilations={dilations} must hold one list per stage with one entry per '
                              f'layer, i.e. lengths {self.depths}')
+
         def checked(i, j, dilation):
             # The official model reads a missing (None) dilation as 1.
             dilation = 1 if dilation is None else dilation

@@ -204,4 +204,3 @@ class SparseTransformer(SparseBackbone):
             if i in self.out_indices:
                 outs.append(getattr(self, f'norm{i}')(x).contiguous())
         return tuple(outs)
-

@@ -9,5 +9,6 @@ from .padding import pad_nhwc_to_multiple
 from .patch_embed import PatchEmbed
 from .pos_embed import resize_pos_embed
 
-__all__ = ['conv_stem', 'conv_downsample', 'DropPath', 'drop_path', 'drop_path_rates', 'Mlp', 'LayerNorm2d', 'pad_nhwc_to_multiple',
-           'FeatureRescale', 'apply_layer_scale', 'layer_scale_pair', 'PatchEmbed', 'resize_pos_embed']
+__all__ = ['conv_stem', 'conv_downsample', 'DropPath', 'drop_path', 'drop_path_rates', 'Mlp', 'LayerNorm2d',
+           'pad_nhwc_to_multiple', 'FeatureRescale', 'apply_layer_scale', 'layer_scale_pair', 'PatchEmbed',
+           'resize_pos_embed']
