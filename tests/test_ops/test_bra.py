@@ -1,11 +1,9 @@
 """Bi-level routing attention: the torch backend's SDPA algorithm and the Triton kernels vs
 the PyTorch reference, and dispatch.
 
-Without a GPU the Triton kernels run in the CPU interpreter: Triton chooses
-interpreter or compiler when it is first imported (its own ``tl.zeros``/``tl.sum``
-are jitted then), so this module sets ``TRITON_INTERPRET=1`` before anything
-imports triton. If triton was already imported in compiled mode by an earlier
-module, the kernel tests skip and say so. With CUDA the same tests run the
+Without a GPU the Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``, set
+by ``tests/test_ops/kernels.py`` before triton is imported; if triton was already imported
+in compiled mode, the kernel tests skip and say so). With CUDA the same tests run the
 compiled kernels on the GPU.
 
 The interpreter is slow, so the shapes are tiny; they are picked to cover odd
@@ -13,41 +11,15 @@ region sizes (3x5, 1x1, 4x3, 5x5, 1x2), single and full top-k, 1-4 heads, head
 dims 8/16/24/32, a value head dim that differs from the qk head dim, and several
 query/key blocks per region.
 """
-import os
-import sys
-
+import pytest
 import torch
 
-ON_GPU = torch.cuda.is_available()   # importing torch does not import triton
-if not ON_GPU and 'triton' not in sys.modules:
-    os.environ['TRITON_INTERPRET'] = '1'
-
-import pytest  # noqa: E402
-
-import mmsparse.ops.bra as bra_pkg  # noqa: E402
-from mmsparse.ops import bi_level_routing_attention  # noqa: E402
-from mmsparse.ops._dispatch import ENV_VAR, resolve_backend, triton_available  # noqa: E402
-from mmsparse.ops.bra import bra_attention_reference, bra_attention_sdpa, route_regions  # noqa: E402
-
-DEVICE = 'cuda' if ON_GPU else 'cpu'
-
-
-def _kernels_runnable():
-    """(ok, reason): triton present, and compiled on GPU or fully in interpreter mode."""
-    if not triton_available():
-        return False, 'triton is not installed'
-    if ON_GPU:
-        return True, ''
-    import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
-    if os.environ.get('TRITON_INTERPRET') != '1' or not isinstance(tl.zeros, InterpretedFunction):
-        return False, ('no GPU, and triton was imported before this module without '
-                       'TRITON_INTERPRET=1; rerun with TRITON_INTERPRET=1')
-    return True, ''
-
-
-needs_triton = pytest.mark.skipif(not triton_available(), reason='triton is not installed')
-needs_kernels = pytest.mark.skipif(not _kernels_runnable()[0], reason=_kernels_runnable()[1])
+# Imported first: it sets TRITON_INTERPRET=1 (no GPU) before anything can import triton.
+from .kernels import DEVICE, needs_kernels, needs_triton
+import mmsparse.ops.bra as bra_pkg
+from mmsparse.ops import bi_level_routing_attention
+from mmsparse.ops._dispatch import ENV_VAR, resolve_backend, triton_available
+from mmsparse.ops.bra import bra_attention_reference, bra_attention_sdpa, route_regions
 
 
 def _qkv_views(n, n_win, region, heads, d_qk, d_v, dtype=torch.float32, seed=0):

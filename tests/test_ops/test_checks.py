@@ -1,41 +1,22 @@
 """Edge cases of every op: named argument errors, empty batches, -inf logits, strides.
 
 Small shapes only; without a GPU the Triton kernels run in the interpreter
-(``TRITON_INTERPRET=1``, set here before triton is imported, as in test_bra.py).
+(``TRITON_INTERPRET=1``, set by ``tests/test_ops/kernels.py`` before triton is imported).
 """
 import math
-import os
-import sys
 
+import pytest
 import torch
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU and 'triton' not in sys.modules:
-    os.environ['TRITON_INTERPRET'] = '1'
-
-import pytest  # noqa: E402
-
-from mmsparse.ops import (bi_level_routing_attention, fibottention_attention,  # noqa: E402
+# Imported first: it sets TRITON_INTERPRET=1 (no GPU) before anything can import triton.
+from .kernels import DEVICE, KERNELS_RUNNABLE, ON_GPU, needs_kernels
+from mmsparse.ops import (bi_level_routing_attention, fibottention_attention,
                           fibottention_pattern, global_attention, grid_attention,
                           neighborhood_attention_2d)
-from mmsparse.ops._dispatch import triton_available  # noqa: E402
-from mmsparse.ops.bra import bra_attention_reference  # noqa: E402
-from mmsparse.ops.na2d import na2d_reference  # noqa: E402
+from mmsparse.ops.bra import bra_attention_reference
+from mmsparse.ops.na2d import na2d_reference
 
-
-def _kernels_runnable():
-    if not triton_available():
-        return False
-    if ON_GPU:
-        return True
-    import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
-    return os.environ.get('TRITON_INTERPRET') == '1' and isinstance(tl.zeros, InterpretedFunction)
-
-
-needs_kernels = pytest.mark.skipif(not _kernels_runnable(), reason='triton kernels cannot run here')
-DEVICE = 'cuda' if ON_GPU else 'cpu'
-BACKENDS = ('torch', 'triton') if _kernels_runnable() else ('torch', )
+BACKENDS = ('torch', 'triton') if KERNELS_RUNNABLE else ('torch', )
 PATTERN = fibottention_pattern((2, 2), 2, 0)
 
 

@@ -17,31 +17,26 @@ and their probe (recorded calls and attention probabilities).
 
 The Triton cases set ``TRITON_INTERPRET=1`` the way ``tests/test_ops/test_bra.py`` does.
 """
-import os
 import sys
 
 import torch
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU and 'triton' not in sys.modules:
-    os.environ['TRITON_INTERPRET'] = '1'
+import pytest
 
-import pytest  # noqa: E402
-
-import mmsparse.ops.bra as bra_pkg  # noqa: E402
-import mmsparse.ops.fibottention as fib_pkg  # noqa: E402
-import mmsparse.ops.hmhsa as hmhsa_pkg  # noqa: E402
-import mmsparse.ops.na2d as na2d_pkg  # noqa: E402
-from mmsparse.ops import (bi_level_routing_attention, cell_average_pool, fibottention_attention,  # noqa: E402
+# Imported first: it sets TRITON_INTERPRET=1 (no GPU) before anything can import triton.
+from .kernels import DEVICE, needs_kernels
+import mmsparse.ops.bra as bra_pkg
+import mmsparse.ops.fibottention as fib_pkg
+import mmsparse.ops.hmhsa as hmhsa_pkg
+import mmsparse.ops.na2d as na2d_pkg
+from mmsparse.ops import (bi_level_routing_attention, cell_average_pool, fibottention_attention,
                           fibottention_pattern, global_attention, grid_attention, neighborhood_attention_2d)
-import mmsparse.ops._dispatch as dispatch  # noqa: E402
-from mmsparse.ops._dispatch import through_custom_ops  # noqa: E402
-from mmsparse.ops.bra import bra_attention_reference, route_regions  # noqa: E402
-from mmsparse.ops.na2d import na2d_reference  # noqa: E402
-from mmsparse.ops.probe import attention_probabilities, record_op_calls  # noqa: E402
-from .test_bra import needs_kernels  # noqa: E402
+import mmsparse.ops._dispatch as dispatch
+from mmsparse.ops._dispatch import through_custom_ops
+from mmsparse.ops.bra import bra_attention_reference, route_regions
+from mmsparse.ops.na2d import na2d_reference
+from mmsparse.ops.probe import attention_probabilities, record_op_calls
 
-DEVICE = 'cuda' if ON_GPU else 'cpu'
 NA_OP = torch.ops.mmsparse.neighborhood_attention_2d.default
 BRA_OP = torch.ops.mmsparse.bi_level_routing_attention.default
 # The dynamic-shape AOT test of opcheck retraces the interpreted kernels' launches (minutes).

@@ -18,27 +18,22 @@
   with no kept key), and ``probs @ V[key_index]`` reproduces the op output of those
   queries (float64, 1e-12).
 """
-import os
-import sys
 
 import torch
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU and 'triton' not in sys.modules:
-    os.environ['TRITON_INTERPRET'] = '1'
+import pytest
 
-import pytest  # noqa: E402
+# Imported first: it sets TRITON_INTERPRET=1 (no GPU) before anything can import triton.
+from .kernels import DEVICE, needs_kernels
+import mmsparse.ops._dispatch as dispatch
+import mmsparse.ops.fibottention as fib_pkg
+import mmsparse.ops.fibottention.triton_kernels as fib_kernels
+import mmsparse.ops.hmhsa as hmhsa_pkg
+from mmsparse.ops import cell_average_pool, fibottention_attention, global_attention, grid_attention
+from mmsparse.ops.fibottention import fibottention_mask, fibottention_pattern
+from mmsparse.ops.probe import attention_probabilities, record_op_calls
+from .test_fibottention import _naive
 
-import mmsparse.ops._dispatch as dispatch  # noqa: E402
-import mmsparse.ops.fibottention as fib_pkg  # noqa: E402
-import mmsparse.ops.fibottention.triton_kernels as fib_kernels  # noqa: E402
-import mmsparse.ops.hmhsa as hmhsa_pkg  # noqa: E402
-from mmsparse.ops import cell_average_pool, fibottention_attention, global_attention, grid_attention  # noqa: E402
-from mmsparse.ops.fibottention import fibottention_mask, fibottention_pattern  # noqa: E402
-from mmsparse.ops.probe import attention_probabilities, record_op_calls  # noqa: E402
-from .test_fibottention import _naive, needs_kernels  # noqa: E402
-
-DEVICE = 'cuda' if ON_GPU else 'cpu'
 FIB_OP = torch.ops.mmsparse.fibottention_attention.default
 FIB_TRITON_OP = torch.ops.mmsparse.fibottention_attention_triton.default
 FIB_TRITON_BACKWARD_OP = torch.ops.mmsparse.fibottention_attention_triton_backward.default

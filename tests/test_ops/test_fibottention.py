@@ -2,43 +2,21 @@
 and dense masked) vs naive dense masking and the official op fixture, Triton kernels vs the
 reference (outputs and all gradients, both modes), dispatch.
 
-Without a GPU the Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1`` is set
-before triton is imported), so the kernel shapes are tiny; they cover odd grids, 1-D and
-2-D layouts, with and without CLS, several query blocks, a head dim that is not a power
-of two, rows with no kept key, and q/k/v sliced from one fused tensor (non-contiguous).
+Without a GPU the Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``, set by
+``tests/test_ops/kernels.py`` before triton is imported), so the kernel shapes are tiny; they
+cover odd grids, 1-D and 2-D layouts, with and without CLS, several query blocks, a head dim
+that is not a power of two, rows with no kept key, and q/k/v sliced from one fused tensor
+(non-contiguous).
 """
-import os
-import sys
-
+import pytest
 import torch
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU and 'triton' not in sys.modules:
-    os.environ['TRITON_INTERPRET'] = '1'
-
-import pytest  # noqa: E402
-
-from mmsparse.ops import fibottention_attention  # noqa: E402
-from mmsparse.ops._dispatch import DENSE_BELOW_TOKENS, ENV_VAR, triton_available  # noqa: E402
-from mmsparse.ops.fibottention import (fibonacci_offsets, fibottention_dense, fibottention_mask,  # noqa: E402
+# Imported first: it sets TRITON_INTERPRET=1 (no GPU) before anything can import triton.
+from .kernels import DEVICE, needs_kernels
+from mmsparse.ops import fibottention_attention
+from mmsparse.ops._dispatch import DENSE_BELOW_TOKENS, ENV_VAR
+from mmsparse.ops.fibottention import (fibonacci_offsets, fibottention_dense, fibottention_mask,
                                        fibottention_pattern, fibottention_reference, head_permutation)
-
-DEVICE = 'cuda' if ON_GPU else 'cpu'
-
-
-def _kernels_runnable():
-    if not triton_available():
-        return False, 'triton is not installed'
-    if ON_GPU:
-        return True, ''
-    import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
-    if os.environ.get('TRITON_INTERPRET') != '1' or not isinstance(tl.zeros, InterpretedFunction):
-        return False, 'no GPU, and triton was imported before without TRITON_INTERPRET=1'
-    return True, ''
-
-
-needs_kernels = pytest.mark.skipif(not _kernels_runnable()[0], reason=_kernels_runnable()[1])
 
 
 # ----------------------------------------------------------------------------- patterns

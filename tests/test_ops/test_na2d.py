@@ -16,7 +16,6 @@ Tolerances: float64 atol 1e-10 / rtol 1e-8 (fixture and kernel); float32 atol 2e
 rtol 1e-4 (a correct float32 implementation stays within ~2e-6 of the official float64 op).
 The fixture nat_op.pt is described in ``tests/data/official/README.md``.
 """
-import os
 import random
 import subprocess
 import sys
@@ -24,22 +23,18 @@ import sys
 import torch
 import torch.nn.functional as F
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU and 'triton' not in sys.modules:
-    os.environ['TRITON_INTERPRET'] = '1'
+import pytest
 
-import pytest  # noqa: E402
+# Imported first: it sets TRITON_INTERPRET=1 (no GPU) before anything can import triton.
+from .kernels import DEVICE, needs_kernels, needs_triton
+import mmsparse.ops.na2d as na2d_pkg
+from mmsparse.ops import neighborhood_attention_2d
+from mmsparse.ops._dispatch import ENV_VAR, triton_available
+import mmsparse.ops.na2d.reference as reference_module
+from mmsparse.ops.na2d.reference import na2d_tiled
+from mmsparse.ops.na2d import na2d_dense, na2d_logits_reference, na2d_reference, neighborhood_indices
+from ..conftest import REPO_ROOT
 
-import mmsparse.ops.na2d as na2d_pkg  # noqa: E402
-from mmsparse.ops import neighborhood_attention_2d  # noqa: E402
-from mmsparse.ops._dispatch import ENV_VAR, triton_available  # noqa: E402
-import mmsparse.ops.na2d.reference as reference_module  # noqa: E402
-from mmsparse.ops.na2d.reference import na2d_tiled  # noqa: E402
-from mmsparse.ops.na2d import na2d_dense, na2d_logits_reference, na2d_reference, neighborhood_indices  # noqa: E402
-from ..conftest import REPO_ROOT  # noqa: E402
-from .test_bra import needs_kernels, needs_triton  # noqa: E402
-
-DEVICE = 'cuda' if ON_GPU else 'cpu'
 F64_TOL = dict(atol=1e-10, rtol=1e-8)
 F32_TOL = dict(atol=2e-5, rtol=1e-4)
 FIXTURE_CASES = ['d1_7x11', 'd2_13x10', 'd1_5x9', 'd3_16x15']

@@ -3,7 +3,7 @@
 For random legal arguments, ``backend='triton'`` and ``backend='torch'`` must agree on the
 forward output and on every input gradient (q, k, v, and the rpb for NA). Without a GPU
 the Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``, set by
-``tests/conftest.py`` and again below), so the shapes are tiny: batch 1-2, heads 1-2,
+``tests/conftest.py`` and by ``tests/test_ops/kernels.py``), so the shapes are tiny: batch 1-2, heads 1-2,
 maps up to 8x8 (NA up to k*d + 3 per side), head dims 4-16.
 
 Examples per test (``derandomize=True``, so every run draws the same cases; each test
@@ -31,25 +31,19 @@ is sized to take at most ~20 s on a loaded 2-core CPU in the interpreter):
 Tolerances, as the existing op tests: float64 atol 1e-10 / rtol 1e-8; float32 atol 1e-4 /
 rtol 1e-4 on outputs and atol 1e-4 / rtol 1e-3 on gradients.
 """
-import os
-import sys
 
 import torch
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU and 'triton' not in sys.modules:
-    os.environ['TRITON_INTERPRET'] = '1'
+import pytest
+from hypothesis import HealthCheck, assume, event, example, given, settings
+from hypothesis import strategies as st
 
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, assume, event, example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from mmsparse.ops import (bi_level_routing_attention, cell_average_pool, fibottention_attention,  # noqa: E402
+# Imported first: it sets TRITON_INTERPRET=1 (no GPU) before anything can import triton.
+from .kernels import DEVICE, needs_kernels
+from mmsparse.ops import (bi_level_routing_attention, cell_average_pool, fibottention_attention,
                           global_attention, grid_attention, neighborhood_attention_2d)
-from mmsparse.ops.fibottention import fibottention_pattern  # noqa: E402
-from .test_bra import needs_kernels  # noqa: E402
+from mmsparse.ops.fibottention import fibottention_pattern
 
-DEVICE = 'cuda' if ON_GPU else 'cpu'
 # The interpreter computes the fully masked rows (exp/log of -inf) in numpy and warns.
 pytestmark = pytest.mark.filterwarnings('ignore::RuntimeWarning')
 DTYPES = st.sampled_from([torch.float32, torch.float64])

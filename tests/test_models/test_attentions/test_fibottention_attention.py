@@ -1,16 +1,11 @@
 """Fibottention2d: the official attention module (official mode, layer 1, with CLS) and options."""
-import os
-import sys
-
+import pytest
 import torch
 
-if not torch.cuda.is_available() and 'triton' not in sys.modules:
-    os.environ['TRITON_INTERPRET'] = '1'
-
-import pytest  # noqa: E402
-
-from mmsparse.models.attentions import Fibottention2d  # noqa: E402
-from mmsparse.ops._dispatch import triton_available  # noqa: E402
+# Imported first: it sets TRITON_INTERPRET=1 (no GPU) before anything can import triton.
+from ...test_ops import kernels  # noqa: F401
+from mmsparse.models.attentions import Fibottention2d
+from mmsparse.ops._dispatch import triton_available
 
 BACKENDS = ['torch'] + (['triton'] if triton_available() else [])
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from mmsparse.models.attentions import NeighborhoodAttention2d
 from mmsparse.ops import neighborhood_attention_2d
-from ...test_ops.test_bra import needs_kernels
+from ...test_ops.kernels import needs_kernels
 
 F64_TOL = dict(atol=1e-10, rtol=1e-8)
 

@@ -8,6 +8,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsparse.models.attentions import BiLevelRoutingAttention, GlobalAttentionLePE
 from mmsparse.models.backbones import BiFormer
+from .checkpoints import assert_imagenet_weights_loaded, assert_load_refused
 from .utils import (BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_frozen_stages,
                     downsampling_stem_and_stages)
 
@@ -245,13 +246,7 @@ def test_init_cfg_loads_official_imagenet_checkpoint(backbone_fixture, tmp_path)
     kwargs = official_config_to_kwargs(backbone_fixture['config'])
     model = BiFormer(**kwargs, init_cfg=dict(type='Pretrained', checkpoint=path))
     model.init_weights()
-    reference = official_model(backbone_fixture)
-    for key, value in reference.state_dict().items():
-        if key.startswith('norm'):  # output norms are absent from ImageNet weights: default init
-            expected = torch.ones_like(value) if key.endswith('weight') else torch.zeros_like(value)
-            torch.testing.assert_close(model.state_dict()[key].double(), expected)
-        else:
-            torch.testing.assert_close(model.state_dict()[key].to(value.dtype), value, msg=key)
+    assert_imagenet_weights_loaded(model, official_model(backbone_fixture))
 
 
 def test_init_cfg_refuses_unexpected_keys(backbone_fixture, tmp_path):
@@ -259,11 +254,7 @@ def test_init_cfg_refuses_unexpected_keys(backbone_fixture, tmp_path):
     save_official_checkpoint(backbone_fixture, path, extra={'stages.0.0.attn.extra.weight': torch.ones(2)})
     kwargs = official_config_to_kwargs(backbone_fixture['config'])
     model = BiFormer(**kwargs, init_cfg=dict(type='Pretrained', checkpoint=path))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(RuntimeError, match='stages.0.0.attn.extra.weight'):
-        model.init_weights()
-    # Nothing was loaded: a failed load never leaves a half-initialised model.
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert_load_refused(model, model.init_weights, 'stages.0.0.attn.extra.weight')
 
 
 def test_init_cfg_refuses_shape_mismatch(backbone_fixture, tmp_path):
@@ -314,16 +305,11 @@ def test_init_cfg_loads_official_checkpoint_of_other_side_dwconv(side_dwconv_3_c
 def test_init_cfg_refuses_other_side_dwconv(side_dwconv_3_checkpoint, strict):
     _, path = side_dwconv_3_checkpoint
     model = BiFormer(**TINY_KWARGS, init_cfg=dict(type='Pretrained', checkpoint=path, strict=strict))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(RuntimeError, match=r'made with side_dwconv=3 .* model has side_dwconv=5'):
-        model.init_weights()
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert_load_refused(model, model.init_weights, r'made with side_dwconv=3 .* model has side_dwconv=5')
 
 
 def test_load_state_dict_refuses_other_side_dwconv():
     source = BiFormer(**TINY_KWARGS, side_dwconv=7)
     model = BiFormer(**TINY_KWARGS, side_dwconv=3)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(RuntimeError, match=r'made with side_dwconv=7 .* model has side_dwconv=3'):
-        model.load_state_dict(source.state_dict())
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert_load_refused(model, lambda: model.load_state_dict(source.state_dict()),
+                        r'made with side_dwconv=7 .* model has side_dwconv=3')

@@ -1,20 +1,15 @@
 """mmsparse.FibottentionViT: presets, shapes, options, official outputs and checkpoint loading."""
-import os
-import sys
-
+import pytest
 import torch
+import torch.nn.functional as F
 
-if not torch.cuda.is_available() and 'triton' not in sys.modules:
-    os.environ['TRITON_INTERPRET'] = '1'
-
-import pytest  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from mmsparse.models.backbones import FibottentionViT  # noqa: E402
-from mmsparse.models.utils import vit_official_to_mmsparse  # noqa: E402
-from mmsparse.ops._dispatch import triton_available  # noqa: E402
-from mmsparse.ops.fibottention import fibottention_mask  # noqa: E402
-from .utils import BAD_OUT_INDICES, assert_frozen_stages  # noqa: E402
+# Imported first: it sets TRITON_INTERPRET=1 (no GPU) before anything can import triton.
+from ...test_ops import kernels  # noqa: F401
+from mmsparse.models.backbones import FibottentionViT
+from mmsparse.models.utils import vit_official_to_mmsparse
+from mmsparse.ops._dispatch import triton_available
+from mmsparse.ops.fibottention import fibottention_mask
+from .utils import BAD_OUT_INDICES, assert_frozen_stages
 
 TINY_ARCH = dict(embed_dims=32, num_layers=4, num_heads=2, mlp_ratio=2)
 

@@ -10,6 +10,7 @@ import torch
 
 from mmsparse.models.backbones import HATNet
 from mmsparse.models.utils import hatnet_official_to_mmsparse
+from .checkpoints import assert_imagenet_weights_loaded, assert_load_refused
 from .utils import BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_frozen_stages
 
 ARCH_KEYS = ('embed_dims', 'head_dim', 'depths', 'expansions', 'grid_sizes', 'ds_ratios', 'kernel_sizes')
@@ -170,13 +171,7 @@ def test_init_cfg_loads_official_imagenet_checkpoint(backbone_fixture, tmp_path)
     model = HATNet(**official_config_to_kwargs(backbone_fixture['config']), out_norms=True,
                    init_cfg=dict(type='Pretrained', checkpoint=path)).double()
     model.init_weights()
-    reference = official_model(backbone_fixture)
-    for key, value in model.state_dict().items():
-        if key.startswith('norm'):   # output norms are absent from ImageNet weights: default init
-            expected = torch.ones_like(value) if key.endswith('weight') else torch.zeros_like(value)
-            torch.testing.assert_close(value, expected)
-        else:
-            torch.testing.assert_close(value, reference.state_dict()[key], atol=0, rtol=0, msg=key)
+    assert_imagenet_weights_loaded(model, official_model(backbone_fixture), atol=0, rtol=0)
     with torch.no_grad():
         outs = model.eval()(backbone_fixture['input'])
     torch.testing.assert_close(outs[3], torch.nn.functional.layer_norm(
@@ -189,10 +184,7 @@ def test_init_cfg_refuses_unexpected_keys(backbone_fixture, tmp_path):
     save_official_checkpoint(backbone_fixture, path, extra={'blocks.0.0.attn.extra.weight': torch.ones(2)})
     model = HATNet(**official_config_to_kwargs(backbone_fixture['config']),
                    init_cfg=dict(type='Pretrained', checkpoint=path))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(RuntimeError, match='blocks.0.0.attn.extra.weight'):
-        model.init_weights()
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert_load_refused(model, model.init_weights, 'blocks.0.0.attn.extra.weight')
 
 
 def test_init_cfg_refuses_missing_and_mismatched_keys(backbone_fixture, tmp_path):

@@ -6,6 +6,7 @@ import torch
 
 from mmsparse.models.backbones import NAT
 from mmsparse.models.utils import nat_official_to_mmsparse
+from .checkpoints import assert_imagenet_weights_loaded, assert_load_refused
 from .utils import (BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_frozen_stages,
                     downsampling_stem_and_stages)
 
@@ -200,13 +201,7 @@ def test_init_cfg_loads_official_imagenet_checkpoint(backbone_fixture, tmp_path)
     kwargs = official_config_to_kwargs(backbone_fixture['config'])
     model = NAT(**kwargs, init_cfg=dict(type='Pretrained', checkpoint=path))
     model.init_weights()
-    reference = official_model(backbone_fixture)
-    for key, value in reference.state_dict().items():
-        if key.startswith('norm'):  # output norms are absent from ImageNet weights: default init
-            expected = torch.ones_like(value) if key.endswith('weight') else torch.zeros_like(value)
-            torch.testing.assert_close(model.state_dict()[key].double(), expected)
-        else:
-            torch.testing.assert_close(model.state_dict()[key].to(value.dtype), value, msg=key)
+    assert_imagenet_weights_loaded(model, official_model(backbone_fixture))
 
 
 def test_init_cfg_loads_official_dense_checkpoint(backbone_fixture, tmp_path):
@@ -232,10 +227,7 @@ def test_init_cfg_refuses_unexpected_keys(backbone_fixture, tmp_path):
                                       extra={'levels.0.blocks.0.attn.extra.weight': torch.ones(2)})
     model = NAT(**official_config_to_kwargs(backbone_fixture['config']),
                 init_cfg=dict(type='Pretrained', checkpoint=path))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(RuntimeError, match=r'stages\.0\.0\.attn\.extra\.weight'):
-        model.init_weights()
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert_load_refused(model, model.init_weights, r'stages\.0\.0\.attn\.extra\.weight')
 
 
 def test_init_cfg_refuses_shape_mismatch(backbone_fixture, tmp_path):
