@@ -8,8 +8,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsparse.models.attentions import BiLevelRoutingAttention, GlobalAttentionLePE
 from mmsparse.models.backbones import BiFormer
-from .checkpoints import assert_imagenet_weights_loaded, assert_load_refused
-from .utils import (BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_frozen_stages,
+from .utils import (BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_drop_path_linear,
+                    assert_frozen_stages, assert_imagenet_weights_loaded, assert_load_refused,
                     downsampling_stem_and_stages)
 
 TINY_ARCH = dict(depths=(1, 1, 2, 1), embed_dims=(16, 32, 64, 128), head_dim=8)
@@ -167,9 +167,7 @@ def test_with_cp_gives_same_gradients():
 
 def test_drop_path_rate_is_linear_over_blocks():
     model = BiFormer(TINY_ARCH, drop_path_rate=0.4)
-    rates = [b.drop_path.drop_prob if hasattr(b.drop_path, 'drop_prob') else 0.
-             for stage in model.stages for b in stage]
-    torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.4, 5))
+    assert_drop_path_linear(model.stages, 0.4, 5)
 
 
 @pytest.mark.parametrize('kwargs,match', [

@@ -10,8 +10,8 @@ import torch
 
 from mmsparse.models.backbones import HATNet
 from mmsparse.models.utils import hatnet_official_to_mmsparse
-from .checkpoints import assert_imagenet_weights_loaded, assert_load_refused
-from .utils import BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_frozen_stages
+from .utils import (BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_drop_path_linear,
+                    assert_frozen_stages, assert_imagenet_weights_loaded, assert_load_refused)
 
 ARCH_KEYS = ('embed_dims', 'head_dim', 'depths', 'expansions', 'grid_sizes', 'ds_ratios', 'kernel_sizes')
 SMALL_ARCH = dict(embed_dims=(16, 32, 48, 64), head_dim=8, depths=(1, 1, 1, 1), expansions=(2, 2, 2, 2),
@@ -141,9 +141,7 @@ def test_with_cp_gives_same_gradients():
 
 def test_drop_path_rate_is_linear_over_blocks():
     model = HATNet(SMALL_ARCH, drop_path_rate=0.3)
-    rates = [b.drop_path.drop_prob if hasattr(b.drop_path, 'drop_prob') else 0.
-             for stage in model.blocks for b in stage]
-    torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.3, 4))
+    assert_drop_path_linear(model.blocks, 0.3, 4)
 
 
 @pytest.mark.parametrize('kwargs,match', [

@@ -6,8 +6,8 @@ import torch
 
 from mmsparse.models.backbones import NAT
 from mmsparse.models.utils import nat_official_to_mmsparse
-from .checkpoints import assert_imagenet_weights_loaded, assert_load_refused
-from .utils import (BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_frozen_stages,
+from .utils import (BAD_OUT_INDICES, assert_checkpointing_keeps_gradients, assert_drop_path_linear,
+                    assert_frozen_stages, assert_imagenet_weights_loaded, assert_load_refused,
                     downsampling_stem_and_stages)
 
 TINY_ARCH = dict(embed_dims=16, depths=(1, 2, 2, 1), num_heads=(1, 2, 4, 8), mlp_ratio=2.)
@@ -160,9 +160,7 @@ def test_with_cp_gives_same_gradients():
 
 def test_drop_path_rate_is_linear_over_blocks():
     model = NAT(TINY_ARCH, drop_path_rate=0.5)
-    rates = [b.drop_path.drop_prob if hasattr(b.drop_path, 'drop_prob') else 0.
-             for stage in model.stages for b in stage]
-    torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.5, 6))
+    assert_drop_path_linear(model.stages, 0.5, 6)
 
 
 @pytest.mark.parametrize('kwargs,match', [
