@@ -108,7 +108,13 @@ def runs_inline(*tensors):
         return False
     if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
         return False
-    return all(t is None or (type(t) is torch.Tensor and not t.is_meta) for t in tensors)
+    return all(t is None or (is_plain_tensor(t) and not t.is_meta) for t in tensors)
+
+
+def is_plain_tensor(t):
+    """True for a ``torch.Tensor`` or an ``nn.Parameter`` (NA's rpb), whose data eager code may
+    read; False for the fake, functional and other subclass tensors of a trace."""
+    return type(t) is torch.Tensor or type(t) is torch.nn.Parameter
 
 
 @contextmanager
@@ -174,6 +180,6 @@ def check_triton_device(name, *tensors):
                                f'{t.device}); use backend=\'torch\' or set TRITON_INTERPRET=1')
 
 
-__all__ = ['resolve_backend', 'inline_reference', 'runs_inline', 'through_custom_ops', 'recompute_gradients',
-           'torch_algorithm', 'DENSE_BELOW_TOKENS', 'triton_available', 'interpreting', 'check_triton_device',
-           'BACKENDS']
+__all__ = ['resolve_backend', 'inline_reference', 'runs_inline', 'is_plain_tensor', 'through_custom_ops',
+           'recompute_gradients', 'torch_algorithm', 'DENSE_BELOW_TOKENS', 'triton_available', 'interpreting',
+           'check_triton_device', 'BACKENDS']

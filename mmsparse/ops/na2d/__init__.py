@@ -9,16 +9,16 @@ for ``torch.compile``, ``torch.jit.trace`` and the FLOP counter:
 * the triton backend: the ``triton_op`` ``mmsparse::neighborhood_attention_2d_triton``
   (same arguments; :mod:`mmsparse.ops.na2d.triton_kernels`).
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .._checks import check_attention_tensors, check_dilation, check_kernel_size, check_scale
-from .._dispatch import check_triton_device, recompute_gradients, resolve_backend, runs_inline
+from .._dispatch import check_triton_device, resolve_backend, runs_inline
 from ..probe import record_call, register_probabilities
 from .reference import (na2d_dense, na2d_logits_reference, na2d_probabilities_reference, na2d_reference,
-                        na2d_torch, neighbor_key_index, neighborhood_indices)
+                        na2d_torch, na2d_torch_algorithm, neighbor_key_index, neighborhood_indices)
 
 OP = 'neighborhood_attention_2d'
 
@@ -93,12 +93,39 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     q, k, v, rpb = ctx.saved_tensors
     kernel_size, dilation, scale = ctx.na
-    dq, dk, dv, d_rpb = recompute_gradients(
-        lambda q, k, v, rpb: na2d_torch(q, k, v, kernel_size, dilation, rpb, scale), (q, k, v, rpb), grad_out)
-    return dq, dk, dv, None, None, d_rpb, None
+    dq, dk, dv, d_rpb = _na2d_backward_op(grad_out, q, k, v, kernel_size, dilation, rpb, scale)
+    return dq, dk, dv, None, None, d_rpb if rpb is not None else None, None
 
 
 _na2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op(f'mmsparse::{OP}_backward', mutates_args=())
+def _na2d_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, kernel_size: int, dilation: int,
+                      rpb: Optional[Tensor], scale: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv, d_rpb)`` of ``mmsparse::neighborhood_attention_2d``; ``d_rpb`` is empty without rpb.
+
+    Its own op, so that a compiled graph calls it on real tensors: recomputed there, the
+    forward takes the algorithm of an eager call (:func:`na2d_torch`: tiled on large maps).
+    Traced into the backward graph as aten ops, it would take the traced algorithm (dense or
+    gather), which trains NAT-T at 224 about twice as slowly as eager.
+    """
+    # torch.func.vjp, not torch.autograd: a custom op runs below the autograd dispatch key,
+    # where only a functorch transform can differentiate. The algorithm is picked outside it,
+    # on the real tensors (it may read rpb's values).
+    algorithm = na2d_torch_algorithm(q, k, kernel_size, rpb)
+    primals = (q, k, v) if rpb is None else (q, k, v, rpb)
+    _, vjp = torch.func.vjp(
+        lambda q, k, v, *bias: algorithm(q, k, v, kernel_size, dilation, bias[0] if bias else None, scale), *primals)
+    grads = vjp(grad_out) + ((None, ) if rpb is None else ())
+    # Contiguous (and an empty d_rpb without rpb), as the fake implementation promises.
+    return tuple(q.new_empty(0) if g is None else g.contiguous() for g in grads)
+
+
+@_na2d_backward_op.register_fake
+def _na2d_backward_fake(grad_out, q, k, v, kernel_size, dilation, rpb, scale):
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            q.new_empty(0) if rpb is None else rpb.new_empty(rpb.shape))
 
 
 @register_probabilities(OP)

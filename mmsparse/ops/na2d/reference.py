@@ -28,7 +28,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .._dispatch import torch_algorithm
+from .._dispatch import is_plain_tensor, torch_algorithm
 
 
 def neighborhood_indices(length, kernel_size, dilation, device=None):
@@ -150,7 +150,7 @@ def _traced(q):
     """Whether ``q`` is traced (fake or functional tensors, maybe symbolic shapes: the
     AOTAutograd backward, torch.export, torch.compile): a cached real tensor cannot enter
     that graph, so the indices and masks are built inside it."""
-    return type(q) is not torch.Tensor or torch.compiler.is_compiling()
+    return not is_plain_tensor(q) or torch.compiler.is_compiling()
 
 
 def _window(q, k, kernel_size, dilation):
@@ -413,14 +413,19 @@ def _may_mask_a_row(rpb):
     on traced values (export, compile, jit.trace, fake tensors), whose data is unknown: those take
     the dense algorithm, which gives 0 for a fully masked row.
     """
-    if (rpb is None or type(rpb) is not torch.Tensor or torch.compiler.is_compiling()
+    if (rpb is None or not is_plain_tensor(rpb) or torch.compiler.is_compiling()
             or torch.jit.is_tracing()):
         return False
     return bool(torch.isinf(rpb).any())
 
 
 def na2d_torch(q, k, v, kernel_size, dilation, rpb, scale):
-    """The pure-PyTorch op, its algorithm picked by
+    """The pure-PyTorch op: :func:`na2d_torch_algorithm` of the inputs, called on them."""
+    return na2d_torch_algorithm(q, k, kernel_size, rpb)(q, k, v, kernel_size, dilation, rpb, scale)
+
+
+def na2d_torch_algorithm(q, k, kernel_size, rpb):
+    """The algorithm of the pure-PyTorch op for these inputs, picked by
     :func:`mmsparse.ops._dispatch.torch_algorithm` of the key tokens.
 
     * Eager: :func:`na2d_dense` below the crossover of ``'neighborhood_attention_2d_tiled'``,
@@ -433,16 +438,19 @@ def na2d_torch(q, k, v, kernel_size, dilation, rpb, scale):
       :func:`na2d_reference` from there on.
     * Empty inputs, and an ``rpb`` that may mask a whole row (:func:`_may_mask_a_row`):
       :func:`na2d_reference` (SDPA's output on an empty batch has no gradient).
+
+    Returns:
+        Callable: ``fn(q, k, v, kernel_size, dilation, rpb, scale)``.
     """
     n_tokens = k.shape[2] * k.shape[3]
     if _may_mask_a_row(rpb):
-        return na2d_reference(q, k, v, kernel_size, dilation, rpb, scale)
+        return na2d_reference
     if not (_traced(q) or torch.jit.is_tracing()):
         if q.numel() == 0 or k.numel() == 0:
-            return na2d_reference(q, k, v, kernel_size, dilation, rpb, scale)
+            return na2d_reference
         tiled_tokens = n_tokens * (TILE + 6)**2 // (TILE + kernel_size - 1)**2
         if torch_algorithm('neighborhood_attention_2d_tiled', tiled_tokens) == 'sparse':
-            return na2d_tiled(q, k, v, kernel_size, dilation, rpb, scale)
+            return na2d_tiled
     if torch_algorithm('neighborhood_attention_2d', n_tokens) == 'dense':
-        return na2d_dense(q, k, v, kernel_size, dilation, rpb, scale)
-    return na2d_reference(q, k, v, kernel_size, dilation, rpb, scale)
+        return na2d_dense
+    return na2d_reference
