@@ -137,8 +137,8 @@ def test_na2d_custom_op_gradients_equal_reference(dilation, with_rpb):
 def test_na2d_compiled_backward_recomputes_with_the_eager_algorithm(with_rpb, monkeypatch, eager_calls_inline):
     """A compiled graph's NA backward (``mmsparse::neighborhood_attention_2d_backward``) runs on
     real tensors and recomputes the forward with the eager algorithm: the tiled one on this
-    30x30 map, as the forward (traced as aten ops it took the gather algorithm, which trains
-    NAT-T at 224 about twice as slowly). Its gradients equal eager autograd's."""
+    30x30 map, as the forward (traced as aten ops, the backward took the dense algorithm here
+    and the gather one on larger maps). Its gradients equal eager autograd's."""
     inputs = _na_inputs(torch.float64, with_rpb, shape=(1, 2, 30, 30, 4), kernel_size=7)
     calls = []
     tiled = reference_module.na2d_tiled
