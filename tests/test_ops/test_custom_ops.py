@@ -15,7 +15,7 @@ and their probe (recorded calls and attention probabilities).
 * The probe: every row of the probabilities sums to 1, and ``probs @ V[key_index]``
   reproduces the op output of those queries (float64, 1e-12).
 
-The Triton cases set ``TRITON_INTERPRET=1`` the way ``tests/test_ops/test_bra.py`` does.
+The Triton cases run in the interpreter (``TRITON_INTERPRET=1``) that ``tests/test_ops/kernels.py`` sets.
 """
 import sys
 
