@@ -4,10 +4,9 @@ import torch
 import torch.nn.functional as F
 
 # Imported first: it sets TRITON_INTERPRET=1 (no GPU) before anything can import triton.
-from ...test_ops import kernels  # noqa: F401
+from ...test_ops.kernels import needs_triton
 from mmsparse.models.backbones import FibottentionViT
 from mmsparse.models.utils import vit_official_to_mmsparse
-from mmsparse.ops._dispatch import triton_available
 from mmsparse.ops.fibottention import fibottention_mask
 from .utils import BAD_OUT_INDICES, assert_frozen_stages
 
@@ -83,7 +82,7 @@ def test_layer_masks_match_official(vit_fixture):
                            vit_fixture['shared_mask'])
 
 
-@pytest.mark.skipif(not triton_available(), reason='triton is not installed')
+@needs_triton
 def test_triton_backend_reproduces_official_model(vit_fixture):
     model = official_model(vit_fixture, backend='triton')
     with torch.no_grad():
